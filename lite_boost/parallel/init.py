@@ -1,0 +1,187 @@
+"""``initialize_usp()``: torch.distributed set-up from torchrun's environment."""
+
+import datetime
+import importlib
+import importlib.util
+import logging
+import os
+from typing import Optional, Union
+
+import torch
+import torch.distributed as dist
+
+from . import state as parallel_state
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_BACKENDS = ("gloo", "nccl", "hccl")
+DEFAULT_TIMEOUT = datetime.timedelta(minutes=10)
+
+
+def _npu_available() -> bool:
+    # torch_npu is imported only here, and only when it is installed: importing
+    # it without the CANN toolkit fails, so lite_boost never needs it.
+    if importlib.util.find_spec("torch_npu") is None:
+        return False
+    importlib.import_module("torch_npu")
+    return hasattr(torch, "npu") and torch.npu.is_available()
+
+
+def default_backend() -> str:
+    """Pick hccl when an Ascend NPU is present, nccl with CUDA, else gloo."""
+    if _npu_available():
+        return "hccl"
+    if torch.cuda.is_available():
+        return "nccl"
+    return "gloo"
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(
+            f"environment variable {name}={value!r} is not an integer") from None
+
+
+def _device_for(backend: str, local_rank: int) -> torch.device:
+    # LOCAL_RANK, not RANK, selects the device: on node 2 of a multi-node run
+    # RANK starts at the size of node 1, which is not a valid device index.
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    if backend == "hccl":
+        importlib.import_module("torch_npu")
+        torch.npu.set_device(local_rank)
+        return torch.device("npu", local_rank)
+    return torch.device("cpu")
+
+
+def _as_timedelta(timeout: Union[datetime.timedelta, float, int]) -> datetime.timedelta:
+    if isinstance(timeout, datetime.timedelta):
+        return timeout
+    if isinstance(timeout, (int, float)) and timeout > 0:
+        return datetime.timedelta(seconds=timeout)
+    raise ValueError(
+        f"timeout={timeout!r} is invalid: pass a datetime.timedelta or a "
+        "positive number of seconds")
+
+
+def initialize_usp(
+    backend: Optional[str] = None,
+    timeout: Union[datetime.timedelta, float, int] = DEFAULT_TIMEOUT,
+    ulysses_degree: Optional[int] = None,
+) -> parallel_state.ParallelState:
+    """Initialize torch.distributed and lite_boost's parallel state.
+
+    Reads torchrun's environment: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
+    MASTER_PORT. Without them it sets up a single process (rank 0, world size
+    1) and creates no process group, so no collective ever runs. A process
+    group that the caller initialized already is reused as it is.
+
+    Calling it again returns the state of the first call; a second call that
+    asks for a different backend or degree raises instead.
+
+    Args:
+        backend: "gloo", "nccl" or "hccl". Default: hccl when torch_npu and an
+            NPU are present, nccl with CUDA, gloo otherwise.
+        timeout: collective timeout (timedelta or seconds).
+        ulysses_degree: ranks that split one sequence. Only the full world
+            size is supported, which is also the default.
+
+    Returns:
+        The ParallelState of this process.
+
+    Example::
+
+        # torchrun --nproc-per-node 2 my_script.py
+        state = initialize_usp()
+        print(state.rank, state.world_size, state.device)
+    """
+    if backend is not None and backend not in SUPPORTED_BACKENDS:
+        raise ValueError(
+            f"backend={backend!r} is not supported; valid choices: "
+            f"{', '.join(SUPPORTED_BACKENDS)}")
+    timeout = _as_timedelta(timeout)
+
+    if parallel_state.is_initialized():
+        return _check_repeated_call(backend, ulysses_degree)
+
+    if dist.is_initialized():
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+        backend = backend or dist.get_backend()
+    else:
+        rank = _env_int("RANK", 0)
+        world_size = _env_int("WORLD_SIZE", 1)
+        backend = backend or default_backend()
+    local_rank = _env_int("LOCAL_RANK", rank if world_size > 1 else 0)
+    _check_layout(rank, world_size, local_rank)
+
+    degree = world_size if ulysses_degree is None else ulysses_degree
+    if degree != world_size:
+        raise ValueError(
+            f"ulysses_degree={degree} is not supported with world_size="
+            f"{world_size}; valid choice: {world_size} (every rank splits the "
+            "sequence)")
+
+    device = _device_for(backend, local_rank)
+    owns_process_group = world_size > 1 and not dist.is_initialized()
+    if owns_process_group:
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29500")
+        dist.init_process_group(
+            backend=backend, rank=rank, world_size=world_size, timeout=timeout,
+            device_id=device if device.type != "cpu" else None)
+
+    group = dist.group.WORLD if world_size > 1 else None
+    state = parallel_state.ParallelState(
+        backend=backend, rank=rank, local_rank=local_rank,
+        world_size=world_size, device=device, ulysses_degree=degree,
+        ulysses_group=group, timeout=timeout,
+        owns_process_group=owns_process_group)
+    parallel_state.set_state(state)
+    logger.info(
+        "lite_boost initialized: rank %d/%d, local rank %d, backend %s, "
+        "device %s, ulysses_degree %d", rank, world_size, local_rank,
+        backend, device, degree)
+    return state
+
+
+def _check_layout(rank: int, world_size: int, local_rank: int) -> None:
+    if world_size < 1:
+        raise ValueError(f"WORLD_SIZE={world_size} is invalid: it must be >= 1")
+    if not 0 <= rank < world_size:
+        raise ValueError(
+            f"RANK={rank} is invalid for WORLD_SIZE={world_size}: valid ranks "
+            f"are 0..{world_size - 1}")
+    if local_rank < 0:
+        raise ValueError(f"LOCAL_RANK={local_rank} is invalid: it must be >= 0")
+
+
+def _check_repeated_call(
+        backend: Optional[str],
+        ulysses_degree: Optional[int]) -> parallel_state.ParallelState:
+    current = parallel_state.get_state()
+    if backend is not None and backend != current.backend:
+        raise ValueError(
+            f"initialize_usp(backend={backend!r}) called after lite_boost was "
+            f"initialized with backend {current.backend!r}; call "
+            "destroy_usp() first to change it")
+    if ulysses_degree is not None and ulysses_degree != current.ulysses_degree:
+        raise ValueError(
+            f"initialize_usp(ulysses_degree={ulysses_degree}) called after "
+            f"lite_boost was initialized with ulysses_degree="
+            f"{current.ulysses_degree}; call destroy_usp() first to change it")
+    return current
+
+
+def destroy_usp() -> None:
+    """Forget the parallel state; destroy the process group if we created it."""
+    if not parallel_state.is_initialized():
+        return
+    if parallel_state.get_state().owns_process_group and dist.is_initialized():
+        dist.destroy_process_group()
+    parallel_state.set_state(None)
