@@ -1,0 +1,191 @@
+"""Adapters: which parts of each supported Wan object lite_boost patches.
+
+| target     | DiT attributes                        | VAE  | generate methods    |
+|------------|---------------------------------------|------|---------------------|
+| WanTI2V    | model                                 | vae  | generate, t2v, i2v  |
+| WanT2V     | low_noise_model, high_noise_model     | vae  | generate            |
+| WanI2V     | low_noise_model, high_noise_model     | vae  | generate            |
+| WanModel   | the object itself (USP only)          | -    | -                   |
+"""
+
+import dataclasses
+import functools
+import logging
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from ..parallel.state import ParallelState, get_state
+from .dit import patch_dit, restore_dit
+
+logger = logging.getLogger(__name__)
+
+PATCH_ATTRIBUTE = "_lite_boost_pipeline_patch"
+SUPPORTED_TYPES = ("WanTI2V", "WanT2V", "WanI2V", "WanModel")
+
+
+@dataclasses.dataclass(frozen=True)
+class Adapter:
+    name: str
+    dit_attributes: Tuple[str, ...]
+    vae_attribute: Optional[str]
+    generate_methods: Tuple[str, ...]
+
+
+def _adapters() -> List[Tuple[type, Adapter]]:
+    from wan.image2video import WanI2V
+    from wan.modules.model import WanModel
+    from wan.text2video import WanT2V
+    from wan.textimage2video import WanTI2V
+
+    experts = ("low_noise_model", "high_noise_model")
+    return [
+        (WanTI2V, Adapter("WanTI2V", ("model",), "vae", ("generate", "t2v", "i2v"))),
+        (WanT2V, Adapter("WanT2V", experts, "vae", ("generate",))),
+        (WanI2V, Adapter("WanI2V", experts, "vae", ("generate",))),
+        (WanModel, Adapter("WanModel", (), None, ())),
+    ]
+
+
+def find_adapter(target: object) -> Adapter:
+    """Return the adapter for ``target``'s type.
+
+    Raises:
+        RuntimeError: the type is not supported; the message lists what is.
+    """
+    for cls, adapter in _adapters():
+        if isinstance(target, cls):
+            return adapter
+    raise RuntimeError(
+        f"lite_boost cannot patch an object of type "
+        f"{type(target).__module__}.{type(target).__qualname__}; supported "
+        f"types: {', '.join(SUPPORTED_TYPES)} (from the wan package)")
+
+
+@dataclasses.dataclass
+class PipelinePatch:
+    """What ``setup_model`` installed on a target, so restore() can undo it."""
+
+    adapter: Adapter
+    dit_models: Dict[str, torch.nn.Module]
+    vae_patched: bool
+    wrapped_methods: List[str]
+
+
+def _dit_models(target: object, adapter: Adapter) -> Dict[str, torch.nn.Module]:
+    if not adapter.dit_attributes:
+        return {"": target}
+    return {name: getattr(target, name) for name in adapter.dit_attributes}
+
+
+def _check_not_wan_sequence_parallel(models: Dict[str, torch.nn.Module]) -> None:
+    # Wan's use_sp=True binds its own forwards on the instances; lite_boost's
+    # would silently stack on top of them.
+    for name, model in models.items():
+        rebound = "forward" in vars(model) or any(
+            "forward" in vars(block.self_attn) for block in model.blocks)
+        if rebound:
+            label = name or type(model).__name__
+            raise RuntimeError(
+                f"{label} already has a replaced forward (was the pipeline "
+                "built with use_sp=True?); build it with use_sp=False and let "
+                "lite_boost add sequence parallelism")
+
+
+def _decode_on_every_rank(target: object, method: Callable) -> Callable:
+    """Wrap a generate method so that every rank runs the VAE decode.
+
+    Wan's generate() decodes only ``if self.rank == 0``, but the data-parallel
+    VAE needs every rank. The wrapper sets ``target.rank`` to 0 for the
+    duration of the call (Wan reads it only for that decision) and puts the
+    real rank back afterwards. Every rank then returns the same full video.
+    """
+
+    @functools.wraps(method)
+    def generate_on_every_rank(*args, **kwargs):
+        saved_rank = target.rank
+        target.rank = 0
+        try:
+            return method(*args, **kwargs)
+        finally:
+            target.rank = saved_rank
+
+    return generate_on_every_rank
+
+
+def is_patched(target: object) -> bool:
+    return PATCH_ATTRIBUTE in vars(target)
+
+
+def apply_adapter(target: object, state: ParallelState,
+                  vae_options: Dict[str, object]) -> PipelinePatch:
+    adapter = find_adapter(target)
+    models = _dit_models(target, adapter)
+    _check_not_wan_sequence_parallel(models)
+
+    # Check every model before patching any, so a rejected target is left
+    # as it was and every rank raises the same error before any collective.
+    from .dit import check_dit_supported
+
+    for model in models.values():
+        check_dit_supported(model, state)
+    for model in models.values():
+        patch_dit(model, state)
+
+    vae_patched = False
+    if adapter.vae_attribute is not None:
+        from ..vae import patch_vae
+
+        patch_vae(getattr(target, adapter.vae_attribute), **vae_options)
+        vae_patched = True
+
+    wrapped = []
+    if state.world_size > 1:
+        for name in adapter.generate_methods:
+            method = getattr(target, name)
+            setattr(target, name, _decode_on_every_rank(target, method))
+            wrapped.append(name)
+
+    patch = PipelinePatch(adapter, models, vae_patched, wrapped)
+    vars(target)[PATCH_ATTRIBUTE] = patch
+    logger.info("lite_boost patched %s on %d ranks (DiTs: %s)", adapter.name,
+                state.world_size, ", ".join(n or adapter.name for n in models))
+    return patch
+
+
+def setup_model(target: object, *, vae_chunk_size: Optional[int] = None,
+                vae_overlap: int = 2, vae_blend: int = 1) -> object:
+    """Detect ``target``'s type and patch it in place; return ``target``.
+
+    A second call on a patched target changes nothing. See ``ParallelManager``
+    for the options.
+
+    Raises:
+        RuntimeError: ``initialize_usp()`` has not run, or the type is not
+            supported.
+        ValueError: the model cannot run at this degree (for example heads not
+            divisible by the world size).
+    """
+    state = get_state()
+    if is_patched(target):
+        return target
+    vae_options = {"chunk_size": vae_chunk_size, "overlap": vae_overlap,
+                   "blend": vae_blend}
+    apply_adapter(target, state, vae_options)
+    return target
+
+
+def restore_model(target: object) -> object:
+    """Undo ``setup_model``; a target that was never patched is returned as is."""
+    patch = vars(target).pop(PATCH_ATTRIBUTE, None)
+    if patch is None:
+        return target
+    for name in patch.wrapped_methods:
+        vars(target).pop(name, None)
+    if patch.vae_patched:
+        from ..vae import restore_vae
+
+        restore_vae(getattr(target, patch.adapter.vae_attribute))
+    for model in patch.dit_models.values():
+        restore_dit(model)
+    return target

@@ -1,0 +1,127 @@
+"""Install Ulysses sequence parallelism on a ``WanModel``, and take it off again.
+
+For every block, ``self_attn`` and ``cross_attn`` are traced, rewritten by the
+pass pipeline and installed as the module's ``forward`` (an instance attribute,
+so the class, the module tree and the ``state_dict`` stay Wan's own). With a
+Ulysses degree above 1, ``SequenceShardHooks`` split the sequence before the
+first block and gather it after the head.
+"""
+
+import dataclasses
+import logging
+from typing import Dict, List, Optional
+
+import torch
+import torch.fx as fx
+
+from ..ops.attention import select_attention_kernel
+from ..parallel.state import ParallelState
+from ..passes import attention_passes, run_passes, trace_attention
+from .sequence_shard import SequenceShardHooks
+
+logger = logging.getLogger(__name__)
+
+# Where a patched WanModel keeps its record. It is a plain attribute, not a
+# submodule, so state_dict(), named_modules() and .to() never see it.
+PATCH_ATTRIBUTE = "_lite_boost_dit_patch"
+
+
+@dataclasses.dataclass
+class DitPatch:
+    """What ``patch_dit`` installed on one WanModel.
+
+    Attributes:
+        graphs: qualified module name -> the rewritten GraphModule now serving
+            as that module's forward, e.g. "blocks.0.self_attn".
+        originals: qualified module name -> the graph as traced, before the
+            passes ran (for reading and diffing).
+        hooks: the sequence-sharding hooks, or None at Ulysses degree 1.
+        ulysses_degree: the degree the graphs were built for.
+        kernel: name of the attention kernel the graphs call.
+    """
+
+    graphs: Dict[str, fx.GraphModule]
+    originals: Dict[str, fx.GraphModule]
+    hooks: Optional[SequenceShardHooks]
+    ulysses_degree: int
+    kernel: str
+
+
+def valid_ulysses_degrees(num_heads: int, world_size: int) -> List[int]:
+    return [d for d in range(1, world_size + 1)
+            if num_heads % d == 0 and world_size % d == 0]
+
+
+def check_dit_supported(model: torch.nn.Module, state: ParallelState) -> None:
+    """Raise before any collective when ``model`` cannot run at this degree.
+
+    Every rank runs the same check on the same model, so every rank raises.
+    """
+    num_heads = model.num_heads
+    degree = state.ulysses_degree
+    if num_heads % degree != 0:
+        raise ValueError(
+            f"{type(model).__name__} has num_heads={num_heads}, which is not "
+            f"divisible by ulysses_degree={degree} (world size "
+            f"{state.world_size}); Ulysses splits heads across ranks, so the "
+            f"valid degrees for this model are "
+            f"{valid_ulysses_degrees(num_heads, state.world_size)}")
+    window_size = tuple(getattr(model, "window_size", (-1, -1)))
+    if window_size != (-1, -1):
+        raise NotImplementedError(
+            f"{type(model).__name__} uses window_size={window_size}; lite_boost "
+            "supports only global attention, window_size=(-1, -1)")
+
+
+def _rewrite(module: torch.nn.Module, state: ParallelState, kernel) -> tuple:
+    original = trace_attention(module)
+    rewritten = trace_attention(module)
+    rewritten.meta = {}
+    run_passes(rewritten, attention_passes(state.ulysses_degree, kernel))
+    return original, rewritten
+
+
+def is_dit_patched(model: torch.nn.Module) -> bool:
+    return PATCH_ATTRIBUTE in vars(model)
+
+
+def patch_dit(model: torch.nn.Module, state: ParallelState) -> DitPatch:
+    """Rewrite and install every attention module of ``model``; idempotent."""
+    if is_dit_patched(model):
+        return vars(model)[PATCH_ATTRIBUTE]
+    check_dit_supported(model, state)
+
+    kernel = select_attention_kernel(state.device.type)
+    graphs, originals = {}, {}
+    for index, block in enumerate(model.blocks):
+        for attribute in ("self_attn", "cross_attn"):
+            name = f"blocks.{index}.{attribute}"
+            module = getattr(block, attribute)
+            originals[name], graphs[name] = _rewrite(module, state, kernel)
+
+    for name, graph_module in graphs.items():
+        # An instance attribute shadows the class's forward; deleting it
+        # brings Wan's forward back.
+        model.get_submodule(name).forward = graph_module.forward
+    hooks = SequenceShardHooks(model) if state.ulysses_degree > 1 else None
+
+    patch = DitPatch(graphs, originals, hooks, state.ulysses_degree,
+                     kernel.__name__)
+    vars(model)[PATCH_ATTRIBUTE] = patch
+    logger.info(
+        "patched %s: %d blocks, %d attention graphs, ulysses_degree %d, "
+        "kernel %s", type(model).__name__, len(model.blocks), len(graphs),
+        state.ulysses_degree, kernel.__name__)
+    return patch
+
+
+def restore_dit(model: torch.nn.Module) -> bool:
+    """Bring back Wan's own forwards; return False when nothing was patched."""
+    patch = vars(model).pop(PATCH_ATTRIBUTE, None)
+    if patch is None:
+        return False
+    for name in patch.graphs:
+        vars(model.get_submodule(name)).pop("forward", None)
+    if patch.hooks is not None:
+        patch.hooks.remove()
+    return True

@@ -1,0 +1,1 @@
+"""Kernels and collectives that rewritten graphs call."""

@@ -1,0 +1,72 @@
+"""The pass driver and the default pipeline for a Wan attention module.
+
+Order, and why:
+
+1. ``FindAttentionPass`` marks each attention call as self or cross. It must
+   run first, because it reads Wan's original call.
+2. ``UlyssesAllToAllPass`` wraps self-attention in the all_to_all pair. It
+   runs before lowering, while the call still has Wan's signature and rope's
+   inputs are easy to find. It is left out when the Ulysses degree is 1, so a
+   single-process graph has no collective at all.
+3. ``LowerAttentionPass`` replaces every attention call with the device kernel.
+"""
+
+import dataclasses
+import logging
+from typing import Callable, List, Sequence
+
+import torch.fx as fx
+from torch.fx.passes.infra.pass_base import PassBase
+
+from .find_attention import FindAttentionPass
+from .lower_attention import LowerAttentionPass
+from .ulysses_all_to_all import UlyssesAllToAllPass
+
+logger = logging.getLogger(__name__)
+
+
+class PassFailedError(RuntimeError):
+    """A pass raised, or left a graph that fails ``Graph.lint()``."""
+
+
+@dataclasses.dataclass
+class PassRecord:
+    name: str
+    modified: bool
+
+
+def run_passes(graph_module: fx.GraphModule,
+               passes: Sequence[PassBase]) -> List[PassRecord]:
+    """Run ``passes`` in order; lint and recompile after each one that changed it.
+
+    Raises:
+        PassFailedError: names the failing pass and the passes that ran
+            before it; the original exception is chained.
+    """
+    records = []
+    for graph_pass in passes:
+        name = type(graph_pass).__name__
+        try:
+            result = graph_pass(graph_module)
+            if result is not None and result.modified:
+                graph_module.graph.lint()
+                graph_module.recompile()
+        except NotImplementedError:
+            raise
+        except Exception as error:
+            ran_before = [record.name for record in records] or "none"
+            raise PassFailedError(
+                f"pass {name} failed on {graph_module.__class__.__name__} "
+                f"(passes run before it: {ran_before}): {error}") from error
+        records.append(PassRecord(name, bool(result and result.modified)))
+        logger.debug("after %s:\n%s", name, graph_module.code)
+    return records
+
+
+def attention_passes(ulysses_degree: int, kernel: Callable) -> List[PassBase]:
+    """Return the default pipeline for one Wan attention module."""
+    passes: List[PassBase] = [FindAttentionPass()]
+    if ulysses_degree > 1:
+        passes.append(UlyssesAllToAllPass(ulysses_degree))
+    passes.append(LowerAttentionPass(kernel))
+    return passes
