@@ -35,11 +35,21 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    k_lens: Optional[torch.Tensor] = None,
                    softmax_scale: Optional[float] = None,
                    q_scale: Optional[float] = None,
-                   causal: bool = False) -> torch.Tensor:
+                   causal: bool = False,
+                   dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """Attention through ``torch.nn.functional.scaled_dot_product_attention``.
 
-    Computes in the inputs' dtype (fp32 stays fp32), on any device.
+    On CUDA, inputs that are not fp16/bf16 are cast to ``dtype`` first, as
+    Wan's ``flash_attention`` does. Elsewhere the kernel computes in q's dtype
+    (fp32 stays fp32 on CPU). k and v are cast to the compute dtype too,
+    because Wan hands over fp32 q and k (rope's output) next to a bf16 v under
+    autocast. The output has q's dtype.
     """
+    out_dtype = q.dtype
+    compute_dtype = q.dtype
+    if q.is_cuda and dtype is not None and q.dtype not in HALF_DTYPES:
+        compute_dtype = dtype
+    q, k, v = (t.to(compute_dtype) for t in (q, k, v))
     if q_scale is not None:
         q = q * q_scale
     mask = key_padding_mask(k_lens, k.size(1), k.device)
@@ -47,7 +57,7 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
         attn_mask=mask, is_causal=causal, scale=softmax_scale)
-    return out.transpose(1, 2)  # [B, N, Lq, D] -> [B, Lq, N, D]
+    return out.transpose(1, 2).to(out_dtype)  # [B, N, Lq, D] -> [B, Lq, N, D]
 
 
 def flash_attn_varlen_attention(q: torch.Tensor, k: torch.Tensor,
