@@ -3,12 +3,27 @@
 Graphs call these by name with their dims as keyword arguments; the process
 group is read from the parallel state at run time, so a graph holds no
 process-group object and prints readably.
+
+HCCL (Ascend NPUs) takes only contiguous tensors, so every tensor handed to a
+collective here, input or output buffer, is contiguous.
 """
 
 import torch
 import torch.distributed as dist
 
 from ..parallel.state import get_state
+
+
+def all_gather_single(output: torch.Tensor, input: torch.Tensor,
+                      group: dist.ProcessGroup) -> None:
+    """Gather every rank's ``input`` into ``output`` along dim 0, in rank order.
+
+    torch 2.14 renamed ``all_gather_into_tensor`` to ``all_gather_single`` and
+    warns on the old name; older releases, such as those torch_npu supports,
+    have only the old one.
+    """
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather(output, input, group=group)
 
 
 def all_to_all_4d(x: torch.Tensor, scatter_dim: int, gather_dim: int,
@@ -35,7 +50,7 @@ def all_to_all_4d(x: torch.Tensor, scatter_dim: int, gather_dim: int,
     # [..., N, ...] -> [P, ..., N/P, ...]: the piece for rank r is row r.
     send = x.unflatten(scatter_dim, (world_size, scatter_size // world_size))
     send = send.movedim(scatter_dim, 0).contiguous()
-    received = torch.empty_like(send)
+    received = torch.empty_like(send, memory_format=torch.contiguous_format)
     dist.all_to_all_single(received, send, group=group)
 
     # [P, ..., M, ...] -> [..., P * M, ...]: row r came from rank r, so the
@@ -65,5 +80,5 @@ def all_gather_dim(x: torch.Tensor, dim: int,
         return x
     local = x.movedim(dim, 0).contiguous()
     gathered = local.new_empty((world_size * local.size(0), *local.shape[1:]))
-    dist.all_gather_into_tensor(gathered, local, group=group)
+    all_gather_single(gathered, local, group=group)
     return gathered.movedim(0, dim)

@@ -20,7 +20,7 @@ from typing import Dict, Optional
 import torch
 
 from .plan import check_options
-from .temporal import tiled_decode, tiled_encode
+from .temporal import data_parallel_layout, tiled_decode, tiled_encode
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ _SUPPORTED_CLASSES = (("wan.modules.vae2_1", "Wan2_1_VAE"),
 
 @dataclasses.dataclass(frozen=True)
 class TilingOptions:
-    """Options of a patched VAE; see ``tiled_decode`` for their meaning."""
+    """Options of a patched VAE, as documented in ``tiled_decode``."""
 
     chunk_size: Optional[int] = None
     overlap: int = 2
@@ -78,9 +78,9 @@ def _check_supported(vae) -> None:
 
 def _wan_autocast(dtype: torch.dtype, device: torch.device):
     # Wan wraps its encode/decode in torch.cuda.amp.autocast(dtype=vae.dtype),
-    # which casts only CUDA ops (NPU ops once torch_npu's transfer_to_npu maps
-    # cuda to npu) and leaves CPU ops alone. This is the same region for the
-    # device the tensors are on.
+    # which casts only CUDA ops and leaves CPU ops alone. On Ascend,
+    # torch_npu's transfer_to_npu reportedly turns it into NPU autocast. This
+    # opens the same region for the device the tensors are on.
     # NOTE: the NPU branch is untested here (no NPU on the development host).
     if device.type == "cpu":
         return contextlib.nullcontext()
@@ -93,7 +93,7 @@ def _check_video_list(vae, method: str, argument: str, values,
     if not isinstance(values, list):
         raise TypeError(
             f"{where} expects a list of tensors {layout}, got "
-            f"{type(values).__name__}; wrap a single tensor as [tensor]")
+            f"{type(values).__name__}. Wrap a single tensor as [tensor]")
     for index, value in enumerate(values):
         if not isinstance(value, torch.Tensor):
             raise TypeError(
@@ -140,10 +140,11 @@ def patch_vae(vae, *, chunk_size: Optional[int] = None, overlap: int = 2,
     lite_boost's group must call them with the same shapes, because the chunk
     outputs are gathered with collectives.
 
-    NOTE: Wan's generate() (text2video, image2video, textimage2video in
-    wan22 2.2.11) calls ``vae.decode`` on rank 0 only. A patched decode
-    called there on more than one rank waits in the gather until the process
-    group times out, unless every rank is made to call decode.
+    Wan's generate() (text2video, image2video, textimage2video in wan22
+    2.2.11) calls ``vae.decode`` on rank 0 only, so a patched decode there
+    would wait in the gather until the process group times out.
+    ``ParallelManager`` wraps generate() so that every rank decodes. Code that
+    calls ``patch_vae`` directly must do the same.
 
     Patching a patched VAE again replaces its options and keeps the saved
     originals.
@@ -188,8 +189,9 @@ def patch_vae(vae, *, chunk_size: Optional[int] = None, overlap: int = 2,
     vae.__dict__[_PATCH_ATTRIBUTE] = _PatchRecord(options, saved)
     vae.encode = types.MethodType(_patched_encode, vae)
     vae.decode = types.MethodType(_patched_decode, vae)
-    logger.info("patched %s encode/decode with temporal tiling: %s",
-                type(vae).__name__, options)
+    _, _, world_size = data_parallel_layout()
+    logger.info("patched %s encode/decode with temporal tiling on %d "
+                "rank(s): %s", type(vae).__name__, world_size, options)
     return vae
 
 

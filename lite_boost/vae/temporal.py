@@ -20,6 +20,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
+from ..ops.collectives import all_gather_single
 from ..parallel import state as parallel_state
 from .plan import (TEMPORAL_STRIDE, Chunk, chunks_of_rank, default_chunk_size,
                    frame_offset, num_encoded_latents, plan_chunks)
@@ -33,16 +34,17 @@ def _identity(index: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class _Direction:
-    """What differs between tiled encode and tiled decode.
+    """Operations that differ between tiled encode and tiled decode.
 
     Attributes:
         name: "encode" or "decode", for messages.
-        run_chunk: runs one chunk freshly and returns the kept output as
-            float32 ``[C, L, H, W]``, with ``L`` in output steps (frames for
-            decode, latents for encode).
-        output_offset: maps a latent index to the index of its first output
-            step, so chunk outputs can be placed and blended.
-        count_latents: returns the latent count of an input of ``T`` steps.
+        run_chunk: function that runs one chunk freshly and returns its kept
+            output as float32 ``[C, L, H, W]``, with ``L`` in output steps
+            (frames for decode, latents for encode).
+        output_offset: function from a latent index to the index of its
+            first output step, used to place and blend chunk outputs.
+        count_latents: function from the input's time steps to its latent
+            count.
     """
 
     name: str
@@ -59,31 +61,33 @@ def _decode_chunk(vae, z: torch.Tensor, chunk: Chunk) -> torch.Tensor:
     video = fresh.squeeze(0).float()
 
     # Fresh latent j >= 1 decodes to fresh frames [4j - 3, 4j + 1), so the
-    # frames of original latents >= keep_from start at frame_offset(k).
-    # k == 0 occurs only when first == 0, where fresh and original agree.
-    kept = video[:, frame_offset(chunk.keep_from - chunk.first):]
-    assert kept.shape[1] == (frame_offset(chunk.stop)
-                             - frame_offset(chunk.keep_from)), (
+    # frames of original latents >= keep_from start at fresh frame
+    # frame_offset(keep_from - first). keep_from == first only when
+    # first == 0, where fresh and original latent 0 agree.
+    kept_frames = video[:, frame_offset(chunk.keep_from - chunk.first):]
+    assert kept_frames.shape[1] == (frame_offset(chunk.stop)
+                                    - frame_offset(chunk.keep_from)), (
         chunk, tuple(video.shape))
-    return kept
+    return kept_frames
 
 
 def _encode_chunk(vae, video: torch.Tensor, chunk: Chunk) -> torch.Tensor:
-    # Frames [4 first, 4 stop - 3) encode to stop - first fresh latents. Fresh
-    # latent j >= 1 covers the same frames as original latent first + j.
-    # Fresh latent 0 is frame 4 first alone (the last frame of latent first),
-    # so it equals original latent 0 only when first == 0; otherwise it is
-    # warm-up that the plan never keeps (blend <= warmup - 1).
+    # Frames [4 * first, 4 * stop - 3) encode to stop - first fresh latents.
+    # Fresh latent j >= 1 covers the same frames as original latent
+    # first + j. Fresh latent 0 is frame 4 * first alone (the last frame of
+    # latent first), so it equals original latent 0 only when first == 0.
+    # Otherwise it is warm-up that the plan never keeps, because
+    # blend <= warmup - 1 there.
     # video: [3, T, H, W] -> [1, 3, 4 (stop - first) - 3, H, W]
     first_frame = TEMPORAL_STRIDE * chunk.first
     frames = video[:, first_frame:frame_offset(chunk.stop)].unsqueeze(0)
     fresh = vae.model.encode(frames, vae.scale)  # [1, C, stop - first, h, w]
     latents = fresh.squeeze(0).float()
 
-    kept = latents[:, chunk.keep_from - chunk.first:]
-    assert kept.shape[1] == chunk.stop - chunk.keep_from, (
+    kept_latents = latents[:, chunk.keep_from - chunk.first:]
+    assert kept_latents.shape[1] == chunk.stop - chunk.keep_from, (
         chunk, tuple(latents.shape))
-    return kept
+    return kept_latents
 
 
 _DECODE = _Direction(name="decode", run_chunk=_decode_chunk,
@@ -124,7 +128,7 @@ def _assemble(direction: _Direction, plan: List[Chunk],
     return result
 
 
-def _group_layout() -> Tuple[Optional[dist.ProcessGroup], int, int]:
+def data_parallel_layout() -> Tuple[Optional[dist.ProcessGroup], int, int]:
     """Return (group, rank, world_size) for the data-parallel run.
 
     Without ``initialize_usp()``, or with a single rank, this is
@@ -148,13 +152,13 @@ def _run_sequential(direction: _Direction, vae, x: torch.Tensor,
 
 
 def _exchange_shapes(direction: _Direction, x: torch.Tensor,
-                     plan: List[Chunk], pieces: List[torch.Tensor],
+                     pieces: List[torch.Tensor],
                      options: Tuple[int, int, int],
                      group: dist.ProcessGroup, world_size: int
                      ) -> Tuple[int, int, int]:
     """Check that all ranks tiled the same input and return the output [C, H, W].
 
-    A rank that holds no chunk cannot know the output channels and size, and
+    A rank without a chunk cannot know the output channels and size, and
     ranks with different inputs or options would size the data gather
     differently and hang, so every rank sends one fixed-size row first:
     input shape, options, output [C, H, W] (zeros without a chunk).
@@ -165,9 +169,11 @@ def _exchange_shapes(direction: _Direction, x: torch.Tensor,
         channels = height = width = 0
     row = torch.tensor([*x.shape, *options, channels, height, width],
                        dtype=torch.int64, device=x.device)
-    table = row.new_empty((world_size, row.numel()))
-    dist.all_gather_into_tensor(table, row, group=group)
-    table = table.cpu()
+    # gloo needs an output of world_size * numel elements with the input's
+    # number of dimensions, so gather flat and view as [world_size, numel].
+    table = row.new_empty(world_size * row.numel())
+    all_gather_single(table, row, group)
+    table = table.view(world_size, row.numel()).cpu()
 
     rows = table[:, :len(x.shape) + len(options)].tolist()
     if any(other != rows[0] for other in rows):
@@ -189,7 +195,7 @@ def _run_parallel(direction: _Direction, vae, x: torch.Tensor,
     own = chunks_of_rank(plan, rank, world_size)
     pieces = [direction.run_chunk(vae, x, chunk) for chunk in own]
     channels, height, width = _exchange_shapes(
-        direction, x, plan, pieces, options, group, world_size)
+        direction, x, pieces, options, group, world_size)
 
     # Output steps of each chunk, known on every rank from the plan alone.
     offset = direction.output_offset
@@ -205,10 +211,10 @@ def _run_parallel(direction: _Direction, vae, x: torch.Tensor,
         flat = torch.cat([piece.reshape(-1) for piece in pieces])
         send[:flat.numel()] = flat
     received = send.new_empty(world_size * padded_numel)
-    dist.all_gather_into_tensor(received, send, group=group)
+    all_gather_single(received, send, group)
 
-    # received: [world_size * padded_numel]; rank r's chunks lie in order
-    # from r * padded_numel, each [C, L, H, W] flattened.
+    # received: [world_size * padded_numel]. Rank r's chunks lie in plan
+    # order from r * padded_numel, each a flattened [C, L, H, W].
     gathered: List[Optional[torch.Tensor]] = [None] * len(plan)
     for source_rank in range(world_size):
         position = source_rank * padded_numel
@@ -227,14 +233,14 @@ def _tile(direction: _Direction, vae, x: torch.Tensor,
     if x.dim() != 4:
         raise ValueError(
             f"tiled {direction.name} expects one video as a 4-D tensor "
-            f"[C, T, H, W], got shape {tuple(x.shape)}; pass batches as "
-            "separate list elements")
+            f"[C, T, H, W], got shape {tuple(x.shape)}. Pass the videos of a "
+            "batch as separate tensors")
     if x.shape[1] < 1:
         raise ValueError(
             f"tiled {direction.name} got an input with no time steps: shape "
             f"{tuple(x.shape)}")
 
-    group, rank, world_size = _group_layout()
+    group, rank, world_size = data_parallel_layout()
     num_latents = direction.count_latents(x.shape[1])
     if chunk_size is None:
         chunk_size = default_chunk_size(num_latents, world_size)
@@ -242,12 +248,18 @@ def _tile(direction: _Direction, vae, x: torch.Tensor,
 
     # One chunk: every rank computes it. This costs no more time than one
     # rank computing it and needs no communication.
+    # NOTE: such a rank skips the shape check in _exchange_shapes, so if
+    # another rank's input gives several chunks, that rank waits in the
+    # gather until the process group times out.
     parallel = group is not None and len(plan) > 1 and not sequential
-    logger.debug(
-        "tiled %s: input %s, %d latents, %s on rank %d of %d, chunks %s",
-        direction.name, tuple(x.shape), num_latents,
-        "data-parallel" if parallel else "sequential", rank, world_size,
-        [(c.first, c.start, c.stop, c.blend) for c in plan])
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug(
+            "tiled %s: input %s, %d latents, %s on rank %d of %d, chunks "
+            "(processed latents, kept latents): %s",
+            direction.name, tuple(x.shape), num_latents,
+            "data-parallel" if parallel else "sequential", rank, world_size,
+            ", ".join(f"([{c.first}, {c.stop}), [{c.keep_from}, {c.stop}))"
+                      for c in plan))
 
     if not parallel:
         return _run_sequential(direction, vae, x, plan)
@@ -284,7 +296,8 @@ def tiled_decode(vae, z: torch.Tensor, *, chunk_size: Optional[int] = None,
 
     Raises:
         ValueError: ``z`` is not 4-D, or an option is out of range.
-        RuntimeError: ranks called it with different shapes or options.
+        RuntimeError: ranks called it with different shapes or options
+            (detected when the plan has more than one chunk).
     """
     return _tile(_DECODE, vae, z, chunk_size, overlap, blend, sequential)
 
