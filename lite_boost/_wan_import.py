@@ -6,7 +6,7 @@ is imported, so the import raises on a host without a CUDA driver. The finder
 below wraps the loader of that one module: while it executes,
 ``torch.cuda.current_device`` returns 0, and the original function is put back
 as soon as the module body has run. Wan's files are not edited and no other
-module sees the stand-in.
+module can call the stand-in.
 """
 
 import importlib.abc

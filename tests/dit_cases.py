@@ -68,12 +68,27 @@ def run_model(model, case: DitCase) -> torch.Tensor:
         return model(**build_inputs(case))[0]
 
 
+def count_collectives(model) -> dict:
+    """Return module name -> number of all_to_all nodes in its rewritten graph."""
+    from lite_boost.debug import rewritten_graphs
+    from lite_boost.ops.collectives import ulysses_all_to_all
+
+    return {name: sum(node.target is ulysses_all_to_all for node in gm.graph.nodes)
+            for name, gm in rewritten_graphs(model).items()}
+
+
 def patched_outputs(world_size: int):
-    """Rank body: patch every case's model at this world size and run it."""
+    """Rank body: patch every case's model at this world size and run it.
+
+    Returns the outputs and, for the first case, the all_to_all count of
+    every rewritten graph.
+    """
     from lite_boost.parallel import ParallelManager
 
     outputs = []
+    counts = None
     for case in cases_for(world_size):
         model = ParallelManager(build_model(case))
         outputs.append(run_model(model, case))
-    return outputs
+        counts = counts or count_collectives(model)
+    return outputs, counts

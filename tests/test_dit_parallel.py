@@ -26,7 +26,13 @@ def test_dit_matches_single_process(world_size):
 
     per_rank = run_on_ranks(patched_outputs, world_size, world_size)
 
-    for rank, outputs in enumerate(per_rank):
+    for rank, (outputs, collective_counts) in enumerate(per_rank):
+        # One all_to_all pair (q, k, v in; the output back) per self-attention,
+        # none in cross-attention.
+        assert len(collective_counts) == 2 * 2  # 2 blocks x (self, cross)
+        for name, count in collective_counts.items():
+            expected = 4 if name.endswith("self_attn") else 0
+            assert count == expected, (rank, name, count)
         for case, output, reference in zip(cases, outputs, references):
             assert output.shape == reference.shape, (rank, case)
             tolerance = 1e-5 * reference.abs().max().item()

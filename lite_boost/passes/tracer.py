@@ -3,10 +3,10 @@
 The traced unit is the attention module (``WanSelfAttention`` and
 ``WanCrossAttention``), not the whole ``WanAttentionBlock``, because:
 
-- the block asserts on tensor dtypes, which symbolic tracing cannot evaluate,
-  and wraps its modulation steps in ``torch.amp.autocast`` blocks, which
-  tracing would run once at trace time and drop from the graph, so a traced
-  block would lose its fp32 regions under a bf16 pipeline;
+- the block asserts on tensor dtypes, which symbolic tracing cannot evaluate;
+- the block wraps its modulation steps in ``torch.amp.autocast`` blocks.
+  Tracing would run them once at trace time and drop them from the graph, so
+  a traced block would lose its fp32 regions under a bf16 pipeline;
 - everything in the block outside attention works token by token, so it is
   already correct on a slice of the sequence and needs no rewrite.
 
@@ -71,7 +71,7 @@ class ShapeSliceProxy(fx.Proxy):
         return _constant_slice_length(index)
 
     def __len__(self) -> int:
-        # Python asks for the length before it unpacks `*x.shape[:2]`.
+        # Python calls len() before it unpacks `*x.shape[:2]`.
         length = self._shape_slice_length()
         if length >= 0:
             return length

@@ -1,8 +1,8 @@
 """Insert the Ulysses all_to_all pair around every self-attention call.
 
 Matches attention calls that ``FindAttentionPass`` marked "self". Before the
-call, q, k and v are moved from a sequence slice with all heads to the full
-sequence with a slice of the heads; after it, the output goes back:
+call, q, k and v move from a sequence slice with all heads to the full
+sequence with a slice of the heads. After it, the output moves back:
 
     q, k, v: [B, S/P, H, D] -> all_to_all(scatter_dim=2, gather_dim=1) -> [B, S, H/P, D]
     out:     [B, S, H/P, D] -> all_to_all(scatter_dim=1, gather_dim=2) -> [B, S/P, H, D]
