@@ -34,12 +34,13 @@ def test_image(size):
     return Image.fromarray(pixels.numpy())
 
 
-def generate(case: GenerateCase, patch: bool = True) -> torch.Tensor:
+def generate(case: GenerateCase, patch: bool = True, pipeline=None) -> torch.Tensor:
+    """Run one case, on ``pipeline`` when given, else on a fresh tiny pipeline."""
     from lite_boost.parallel import ParallelManager
     from lite_boost.tiny import tiny_pipeline
 
-    pipe = tiny_pipeline(case.kind, seed=3)
-    if patch:
+    pipe = pipeline or tiny_pipeline(case.kind, seed=3)
+    if patch and pipeline is None:
         ParallelManager(pipe, vae_chunk_size=case.vae_chunk_size)
     kwargs = dict(frame_num=case.frame_num, sampling_steps=3, seed=11,
                   offload_model=False)

@@ -10,11 +10,15 @@
 
 import dataclasses
 import functools
+import inspect
 import logging
+import random
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
+import torch.distributed as dist
 
+from ..ops.collectives import run_collective
 from ..parallel.state import ParallelState, get_state
 from .dit import patch_dit, restore_dit
 
@@ -92,25 +96,76 @@ def _check_not_wan_sequence_parallel(models: Dict[str, torch.nn.Module]) -> None
                 "lite_boost add sequence parallelism")
 
 
-def _decode_on_every_rank(target: object, method: Callable) -> Callable:
-    """Wrap a generate method so that every rank runs the VAE decode.
+def check_generate_arguments(target: object, arguments: Dict[str, object]) -> None:
+    """Reject frame counts and sizes that Wan would fail on deep inside.
 
-    Wan's generate() decodes only ``if self.rank == 0``, but the data-parallel
-    VAE needs every rank. The wrapper sets ``target.rank`` to 0 for the
-    duration of the call (Wan reads it only for that decision) and puts the
-    real rank back afterwards. Every rank then returns the same full video.
+    Raises ValueError on every rank, before any collective, naming the value
+    and the valid choices.
     """
+    frame_num = arguments.get("frame_num")
+    if frame_num is not None and (not isinstance(frame_num, int) or frame_num < 1
+                                  or (frame_num - 1) % 4 != 0):
+        raise ValueError(
+            f"frame_num={frame_num!r} is invalid: Wan's VAE turns 4n+1 frames "
+            "into n+1 latent frames, so use 4n+1 frames (1, 5, 9, ..., 81, 121)")
+
+    size = arguments.get("size")
+    uses_size = arguments.get("img") is None and "size" in arguments
+    if uses_size and size is not None:
+        stride = target.vae_stride[1] * target.patch_size[1]
+        if (len(size) != 2 or any(not isinstance(side, int) or side <= 0
+                                  or side % stride != 0 for side in size)):
+            raise ValueError(
+                f"size={tuple(size)!r} is invalid for {type(target).__name__}: "
+                f"width and height must be positive multiples of {stride} "
+                f"(VAE stride {target.vae_stride[1]} x patch size "
+                f"{target.patch_size[1]})")
+
+
+def agreed_seed(state: ParallelState) -> int:
+    """Draw a seed on rank 0 and broadcast it, so every rank uses the same one."""
+    seed = torch.tensor([random.randint(0, 2**62)], dtype=torch.int64,
+                        device=state.device)
+    run_collective(dist.broadcast, "generate(seed=-1)", seed,
+                   src=dist.get_global_rank(state.ulysses_group, 0),
+                   group=state.ulysses_group)
+    return int(seed.item())
+
+
+def _parallel_generate(target: object, method: Callable,
+                       state: ParallelState) -> Callable:
+    """Wrap a generate method of a pipeline for the parallel run.
+
+    - Arguments Wan would fail on deep inside raise ValueError first.
+    - ``seed=-1`` (Wan's "random") is drawn once on rank 0 and broadcast, so
+      every rank starts from the same noise.
+    - Wan's generate() decodes only ``if self.rank == 0``, but the
+      data-parallel VAE needs every rank. The wrapper sets ``target.rank`` to
+      0 for the duration of the call (Wan reads it only for that decision) and
+      puts the real rank back afterwards. Every rank then returns the same
+      full video.
+    """
+    signature = inspect.signature(method)
 
     @functools.wraps(method)
-    def generate_on_every_rank(*args, **kwargs):
+    def generate_in_parallel(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        check_generate_arguments(target, bound.arguments)
+        if state.world_size == 1:
+            return method(*bound.args, **bound.kwargs)
+
+        seed = bound.arguments.get("seed")
+        if isinstance(seed, int) and seed < 0:
+            bound.arguments["seed"] = agreed_seed(state)
         saved_rank = target.rank
         target.rank = 0
         try:
-            return method(*args, **kwargs)
+            return method(*bound.args, **bound.kwargs)
         finally:
             target.rank = saved_rank
 
-    return generate_on_every_rank
+    return generate_in_parallel
 
 
 def is_patched(target: object) -> bool:
@@ -140,11 +195,10 @@ def apply_adapter(target: object, state: ParallelState,
         vae_patched = True
 
     wrapped = []
-    if state.world_size > 1:
-        for name in adapter.generate_methods:
-            method = getattr(target, name)
-            setattr(target, name, _decode_on_every_rank(target, method))
-            wrapped.append(name)
+    for name in adapter.generate_methods:
+        method = getattr(target, name)
+        setattr(target, name, _parallel_generate(target, method, state))
+        wrapped.append(name)
 
     patch = PipelinePatch(adapter, models, vae_patched, wrapped)
     vars(target)[PATCH_ATTRIBUTE] = patch

@@ -13,6 +13,11 @@ sharding instead:
 
 The padded tokens sit past ``seq_lens``, so attention masks them as keys
 exactly like the padding Wan adds itself.
+
+At the first forward the ranks also compare a fingerprint of their inputs
+(``check_same_inputs``). Ulysses needs every rank to hold the same full
+sequence, and ranks that drew different noise (Wan's ``seed=-1``) would
+otherwise return a silently mixed video.
 """
 
 from typing import List, Optional
@@ -21,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.hooks import RemovableHandle
 
-from ..ops.collectives import all_gather_dim
+from ..ops.collectives import all_gather_dim, all_gather_single
 from ..parallel.state import get_state, ulysses_rank
 
 SEQUENCE_DIM = 1
@@ -45,6 +50,44 @@ def shard_sequence(x: torch.Tensor, world_size: int, rank: int) -> torch.Tensor:
     return x.narrow(SEQUENCE_DIM, rank * local_length, local_length)
 
 
+def input_fingerprint(*tensors: torch.Tensor) -> torch.Tensor:
+    """Return a few float64 sums that differ when the tensors differ."""
+    values = []
+    for tensor in tensors:
+        as_double = tensor.detach().double()
+        values += [as_double.sum(), as_double.abs().sum(), as_double.square().sum(),
+                   torch.tensor(float(tensor.numel()), dtype=torch.float64,
+                                device=tensor.device)]
+    return torch.stack(values)
+
+
+def check_same_inputs(model_name: str, x: torch.Tensor, e: torch.Tensor,
+                      context: torch.Tensor) -> None:
+    """Raise on every rank when the ranks' DiT inputs differ.
+
+    Every rank enters the one small all_gather, then compares the same table,
+    so either all ranks raise or none does.
+    """
+    state = get_state()
+    group, world_size = state.ulysses_group, state.ulysses_degree
+    local = input_fingerprint(x, e, context)
+    table = local.new_empty(world_size * local.numel())
+    all_gather_single(table, local, group, issuer="the DiT input check")
+    table = table.view(world_size, -1).cpu()
+
+    reference = table[0]
+    tolerance = 1e-6 * reference.abs().clamp(min=1.0)
+    mismatched = [rank for rank in range(world_size)
+                  if bool(((table[rank] - reference).abs() > tolerance).any())]
+    if mismatched:
+        raise RuntimeError(
+            f"{model_name} received different inputs on different ranks "
+            f"(ranks {mismatched} differ from rank 0 in latents, timestep "
+            "embedding or context). Ulysses needs the same inputs on every "
+            "rank: pass the same prompt and an explicit seed >= 0 to "
+            "generate() on every rank")
+
+
 class SequenceShardHooks:
     """Forward hooks that run a WanModel's blocks and head on a sequence slice."""
 
@@ -54,6 +97,7 @@ class SequenceShardHooks:
         self._full_length: Optional[int] = None
         self._e_full: Optional[torch.Tensor] = None
         self._e_local: Optional[torch.Tensor] = None
+        self.inputs_checked = False
 
         blocks = list(model.blocks)
         if blocks:
@@ -83,6 +127,9 @@ class SequenceShardHooks:
     def _shard_first_block(self, block, args, kwargs):
         world_size, rank = self._layout()
         x, rest = args[0], args[1:]
+        if not self.inputs_checked:
+            check_same_inputs(self.model_name, x, kwargs["e"], kwargs["context"])
+            self.inputs_checked = True
         self._full_length = x.size(SEQUENCE_DIM)
         self._e_full = kwargs["e"]
         self._e_local = shard_sequence(kwargs["e"], world_size, rank)
@@ -107,5 +154,6 @@ class SequenceShardHooks:
         full_length = self._full_length
         self._clear()
         group = get_state().ulysses_group
-        gathered = all_gather_dim(output, SEQUENCE_DIM, group)
+        gathered = all_gather_dim(output, SEQUENCE_DIM, group,
+                                  issuer="the sequence gather after the DiT head")
         return gathered.narrow(SEQUENCE_DIM, 0, full_length)

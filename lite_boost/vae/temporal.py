@@ -172,7 +172,8 @@ def _exchange_shapes(direction: _Direction, x: torch.Tensor,
     # gloo needs an output of world_size * numel elements with the input's
     # number of dimensions, so gather flat and view as [world_size, numel].
     table = row.new_empty(world_size * row.numel())
-    all_gather_single(table, row, group)
+    all_gather_single(table, row, group,
+                      issuer=f"tiled {direction.name} (shape exchange)")
     table = table.view(world_size, row.numel()).cpu()
 
     rows = table[:, :len(x.shape) + len(options)].tolist()
@@ -211,7 +212,7 @@ def _run_parallel(direction: _Direction, vae, x: torch.Tensor,
         flat = torch.cat([piece.reshape(-1) for piece in pieces])
         send[:flat.numel()] = flat
     received = send.new_empty(world_size * padded_numel)
-    all_gather_single(received, send, group)
+    all_gather_single(received, send, group, issuer=f"tiled {direction.name}")
 
     # received: [world_size * padded_numel]. Rank r's chunks lie in plan
     # order from r * padded_numel, each a flattened [C, L, H, W].
