@@ -288,7 +288,7 @@ def test_vae_loads_saved_weights(tmp_path, version, module, vae_class):
     vae = tiny_vae(version, directory=tmp_path, dim=8, seed=0)
 
     (checkpoint,) = tmp_path.iterdir()
-    saved = torch.load(checkpoint)
+    saved = torch.load(checkpoint, weights_only=True)
     loaded = vae.model.state_dict()
     assert type(vae) is vae_class
     assert isinstance(vae.model, module.WanVAE_)
