@@ -165,3 +165,20 @@ def test_import_wan_fails_without_lite_boost():
                             text=True, timeout=120)
     assert result.returncode != 0
     assert "current_device" in result.stderr or "CUDA" in result.stderr or "driver" in result.stderr
+
+
+def test_float32_rope_option(single_process):
+    model = build_model(CASE)
+    with wan_reference_attention():
+        reference = run_model(model, CASE)
+    ParallelManager(model, rope="float32")
+    graph_code = model.blocks[0].self_attn.forward.__self__.code
+    assert "rope_apply_float32" in graph_code
+    assert "wan_modules_model_rope_apply" not in graph_code
+    tolerance = 1e-5 * reference.abs().max().item()
+    assert (run_model(model, CASE) - reference).abs().max().item() <= tolerance
+
+
+def test_invalid_rope_option(single_process):
+    with pytest.raises(ValueError, match="rope='float16' is not supported"):
+        ParallelManager(build_model(CASE), rope="float16")

@@ -173,7 +173,8 @@ def is_patched(target: object) -> bool:
 
 
 def apply_adapter(target: object, state: ParallelState,
-                  vae_options: Dict[str, object]) -> PipelinePatch:
+                  vae_options: Dict[str, object],
+                  rope: Optional[str] = None) -> PipelinePatch:
     adapter = find_adapter(target)
     models = _dit_models(target, adapter)
     _check_not_wan_sequence_parallel(models)
@@ -185,7 +186,7 @@ def apply_adapter(target: object, state: ParallelState,
     for model in models.values():
         check_dit_supported(model, state)
     for model in models.values():
-        patch_dit(model, state)
+        patch_dit(model, state, rope=rope)
 
     vae_patched = False
     if adapter.vae_attribute is not None:
@@ -204,11 +205,15 @@ def apply_adapter(target: object, state: ParallelState,
     vars(target)[PATCH_ATTRIBUTE] = patch
     logger.info("lite_boost patched %s on %d ranks (DiTs: %s)", adapter.name,
                 state.world_size, ", ".join(n or adapter.name for n in models))
+    from ..inspection.hooks import after_patch
+
+    after_patch(target, models)
     return patch
 
 
 def setup_model(target: object, *, vae_chunk_size: Optional[int] = None,
-                vae_overlap: int = 2, vae_blend: int = 1) -> object:
+                vae_overlap: int = 2, vae_blend: int = 1,
+                rope: Optional[str] = None) -> object:
     """Detect ``target``'s type and patch it in place; return ``target``.
 
     A second call on a patched target changes nothing. See ``ParallelManager``
@@ -225,7 +230,7 @@ def setup_model(target: object, *, vae_chunk_size: Optional[int] = None,
         return target
     vae_options = {"chunk_size": vae_chunk_size, "overlap": vae_overlap,
                    "blend": vae_blend}
-    apply_adapter(target, state, vae_options)
+    apply_adapter(target, state, vae_options, rope=rope)
     return target
 
 

@@ -73,11 +73,12 @@ def check_dit_supported(model: torch.nn.Module, state: ParallelState) -> None:
             "supports only global attention, window_size=(-1, -1)")
 
 
-def _rewrite(module: torch.nn.Module, state: ParallelState, kernel) -> tuple:
+def _rewrite(module: torch.nn.Module, state: ParallelState, kernel,
+             rope: Optional[str]) -> tuple:
     original = trace_attention(module)
     rewritten = trace_attention(module)
     rewritten.meta = {}
-    run_passes(rewritten, attention_passes(state.ulysses_degree, kernel))
+    run_passes(rewritten, attention_passes(state.ulysses_degree, kernel, rope=rope))
     return original, rewritten
 
 
@@ -85,19 +86,25 @@ def is_dit_patched(model: torch.nn.Module) -> bool:
     return PATCH_ATTRIBUTE in vars(model)
 
 
-def patch_dit(model: torch.nn.Module, state: ParallelState) -> DitPatch:
-    """Rewrite and install every attention module of ``model``; idempotent."""
+def patch_dit(model: torch.nn.Module, state: ParallelState,
+              rope: Optional[str] = None) -> DitPatch:
+    """Rewrite and install every attention module of ``model``; idempotent.
+
+    ``rope="float32"`` replaces Wan's float64 rope with lite_boost's float32
+    rope (see ``lite_boost.passes.lower_rope``); None keeps Wan's.
+    """
     if is_dit_patched(model):
         return vars(model)[PATCH_ATTRIBUTE]
     check_dit_supported(model, state)
 
-    kernel = select_attention_kernel(state.device.type)
+    kernel = select_attention_kernel(
+        state.device.type, head_dim=model.dim // model.num_heads)
     graphs, originals = {}, {}
     for index, block in enumerate(model.blocks):
         for attribute in ("self_attn", "cross_attn"):
             name = f"blocks.{index}.{attribute}"
             module = getattr(block, attribute)
-            originals[name], graphs[name] = _rewrite(module, state, kernel)
+            originals[name], graphs[name] = _rewrite(module, state, kernel, rope)
 
     for name, graph_module in graphs.items():
         # An instance attribute shadows the class's forward; deleting it
@@ -110,8 +117,8 @@ def patch_dit(model: torch.nn.Module, state: ParallelState) -> DitPatch:
     vars(model)[PATCH_ATTRIBUTE] = patch
     logger.info(
         "patched %s: %d blocks, %d attention graphs, ulysses_degree %d, "
-        "kernel %s", type(model).__name__, len(model.blocks), len(graphs),
-        state.ulysses_degree, kernel.__name__)
+        "kernel %s, rope %s", type(model).__name__, len(model.blocks),
+        len(graphs), state.ulysses_degree, kernel.__name__, rope or "Wan's float64")
     return patch
 
 

@@ -1,4 +1,33 @@
-"""``initialize_usp()``: torch.distributed set-up from torchrun's environment."""
+"""``initialize_usp()``: torch.distributed set-up from torchrun's environment.
+
+On Ascend NPUs the backend is hccl and each rank calls
+``torch.npu.set_device(LOCAL_RANK)`` before ``init_process_group``, as the
+torch_npu migration guide does. torch_npu is imported only on that path, or to
+check for an NPU when torch_npu is installed.
+
+``torch_npu.contrib.transfer_to_npu`` lets a script written for CUDA run on
+NPUs. With it, import it before lite_boost and ``wan``::
+
+    import torch
+    import torch_npu
+    from torch_npu.contrib import transfer_to_npu
+    import lite_boost
+    from wan.textimage2video import WanTI2V
+
+transfer_to_npu (``torch_npu/contrib/transfer_to_npu.py`` in Ascend/pytorch)
+replaces the ``torch.cuda`` functions with ``torch.npu``'s and rewrites "cuda"
+device arguments of tensor factories, ``Tensor.to`` and ``Module.to`` to
+"npu". Code that runs while ``wan`` is imported must already see that:
+``wan/modules/t5.py`` evaluates ``torch.cuda.current_device()`` as a default
+argument. transfer_to_npu leaves ``torch.device("cuda")`` and checks such as
+``x.device.type == "cuda"`` unchanged. Its ``init_process_group`` wrapper
+turns "nccl" into "hccl", and ``initialize_usp`` does the same for
+``backend="nccl"`` when an NPU is present, so the device it records is the NPU.
+
+NOTE: that source rebinds ``torch.autocast`` and ``torch.cuda.amp`` but not
+``torch.amp.autocast``, which Wan calls with "cuda". Whether Wan's autocast
+regions take effect on an NPU has not been checked on hardware.
+"""
 
 import datetime
 import importlib
@@ -23,8 +52,22 @@ def _npu_available() -> bool:
     # it without the CANN toolkit fails, so lite_boost never needs it.
     if importlib.util.find_spec("torch_npu") is None:
         return False
-    importlib.import_module("torch_npu")
+    try:
+        importlib.import_module("torch_npu")
+    except ImportError as error:
+        logger.warning("torch_npu is installed but failed to import (%s); "
+                       "not using an NPU", error)
+        return False
     return hasattr(torch, "npu") and torch.npu.is_available()
+
+
+def _resolve_backend(backend: Optional[str]) -> Optional[str]:
+    """Map "nccl" to "hccl" on an NPU host, as transfer_to_npu does."""
+    if backend == "nccl" and _npu_available():
+        logger.info("backend nccl requested on a host with an Ascend NPU; "
+                    "using hccl")
+        return "hccl"
+    return backend
 
 
 def default_backend() -> str:
@@ -54,6 +97,7 @@ def _device_for(backend: str, local_rank: int) -> torch.device:
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     if backend == "hccl":
+        # Importing torch_npu registers torch.npu and the "npu" device type.
         importlib.import_module("torch_npu")
         torch.npu.set_device(local_rank)
         return torch.device("npu", local_rank)
@@ -87,7 +131,8 @@ def initialize_usp(
 
     Args:
         backend: "gloo", "nccl" or "hccl". Default: hccl when torch_npu and an
-            NPU are present, nccl with CUDA, gloo otherwise.
+            NPU are present, nccl with CUDA, gloo otherwise. "nccl" becomes
+            "hccl" when torch_npu and an NPU are present.
         timeout: collective timeout (timedelta or seconds).
         ulysses_degree: ranks that split one sequence. Only the full world
             size is supported, which is also the default.
@@ -106,6 +151,7 @@ def initialize_usp(
             f"backend={backend!r} is not supported; valid choices: "
             f"{', '.join(SUPPORTED_BACKENDS)}")
     timeout = _as_timedelta(timeout)
+    backend = _resolve_backend(backend)
 
     if parallel_state.is_initialized():
         return _check_repeated_call(backend, ulysses_degree)
@@ -132,9 +178,11 @@ def initialize_usp(
     if owns_process_group:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29500")
+        # hccl gets no device_id: the torch_npu guide binds the device with
+        # torch.npu.set_device only, which _device_for has done.
         dist.init_process_group(
             backend=backend, rank=rank, world_size=world_size, timeout=timeout,
-            device_id=device if device.type != "cpu" else None)
+            device_id=device if backend == "nccl" else None)
 
     group = dist.group.WORLD if world_size > 1 else None
     state = parallel_state.ParallelState(

@@ -23,6 +23,10 @@ class ParallelManager:
             decodes before its own, to warm up the causal caches (>= 1).
         vae_blend: how many of those overlap latents are blended linearly with
             the previous chunk instead of dropped (< vae_overlap).
+        rope: None keeps Wan's float64 rope; "float32" computes rope with
+            float32 real arithmetic (``torch_npu.npu_rotary_mul`` on NPU),
+            which NPUs run much faster. Max error against float64: 4.8e-7,
+            measured on CPU at head dim 128.
 
     Example::
 
@@ -32,6 +36,8 @@ class ParallelManager:
     """
 
     def __new__(cls, target: T, *, vae_chunk_size: Optional[int] = None,
-                vae_overlap: int = 2, vae_blend: int = 1) -> T:
+                vae_overlap: int = 2, vae_blend: int = 1,
+                rope: Optional[str] = None) -> T:
         return setup_model(target, vae_chunk_size=vae_chunk_size,
-                           vae_overlap=vae_overlap, vae_blend=vae_blend)
+                           vae_overlap=vae_overlap, vae_blend=vae_blend,
+                           rope=rope)

@@ -8,21 +8,28 @@ Order, and why:
    runs before lowering, while the call still has Wan's signature and rope's
    inputs are easy to find. It is left out when the Ulysses degree is 1, so a
    single-process graph has no collective at all.
-3. ``LowerAttentionPass`` replaces every attention call with the device kernel.
+3. ``LowerRopePass``, only with ``rope="float32"``, replaces Wan's float64
+   rope with lite_boost's float32 rope. It runs after the Ulysses pass, which
+   finds Wan's rope call to put the exchange before it.
+4. ``LowerAttentionPass`` replaces every attention call with the device kernel.
 """
 
 import dataclasses
 import logging
-from typing import Callable, List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassBase
 
 from .find_attention import FindAttentionPass
 from .lower_attention import LowerAttentionPass
+from .lower_rope import LowerRopePass
 from .ulysses_all_to_all import UlyssesAllToAllPass
 
 logger = logging.getLogger(__name__)
+
+# Values of attention_passes(rope=...): None keeps Wan's float64 rope.
+ROPE_CHOICES = (None, "float32")
 
 
 class PassFailedError(RuntimeError):
@@ -63,10 +70,20 @@ def run_passes(graph_module: fx.GraphModule,
     return records
 
 
-def attention_passes(ulysses_degree: int, kernel: Callable) -> List[PassBase]:
-    """Return the default pipeline for one Wan attention module."""
+def attention_passes(ulysses_degree: int, kernel: Callable,
+                     rope: Optional[str] = None) -> List[PassBase]:
+    """Return the default pipeline for one Wan attention module.
+
+    Args:
+        rope: None keeps Wan's float64 rope; "float32" adds ``LowerRopePass``.
+    """
+    if rope not in ROPE_CHOICES:
+        raise ValueError(
+            f"rope={rope!r} is not supported; valid choices: {ROPE_CHOICES}")
     passes: List[PassBase] = [FindAttentionPass()]
     if ulysses_degree > 1:
         passes.append(UlyssesAllToAllPass(ulysses_degree))
+    if rope == "float32":
+        passes.append(LowerRopePass())
     passes.append(LowerAttentionPass(kernel))
     return passes
