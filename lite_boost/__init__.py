@@ -18,4 +18,15 @@ def restore(target):
     return restore_model(target)
 
 
-__all__ = ["restore", "__version__"]
+def inspect(target):
+    """Report what lite_boost rewrote in ``target``; see ``lite_boost.inspection``.
+
+    Returns an ``InspectionReport``. ``print()`` gives one summary per patched
+    DiT. For an unpatched or unsupported target it prints the reason instead.
+    """
+    from .inspection import inspect as inspect_target
+
+    return inspect_target(target)
+
+
+__all__ = ["inspect", "restore", "__version__"]

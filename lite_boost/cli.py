@@ -1,4 +1,4 @@
-"""The ``lite-boost`` command: ``demo`` and ``generate``."""
+"""The ``lite-boost`` command: ``demo``, ``generate`` and ``inspect``."""
 
 import argparse
 import logging
@@ -57,6 +57,32 @@ def _add_generate_parser(subparsers) -> None:
                         help="output mp4 path, written by rank 0")
 
 
+def _add_inspect_parser(subparsers) -> None:
+    from .inspection.tiny_run import InspectOptions
+
+    defaults = InspectOptions()
+    parser = subparsers.add_parser(
+        "inspect", help="patch a tiny Wan2.2 TI2V pipeline on N processes, run one "
+        "step and write the rewritten graphs, their diffs and byte counts")
+    parser.add_argument("--nproc", type=int, default=defaults.nproc,
+                        help="processes, the Ulysses degree (default: %(default)s)")
+    parser.add_argument("--size", default=f"{defaults.width}*{defaults.height}",
+                        help="width*height in pixels, multiples of 32 "
+                        "(default: %(default)s)")
+    parser.add_argument("--frame-num", type=int, default=defaults.frame_num,
+                        help="video frames, 4n+1 (default: %(default)s)")
+    parser.add_argument("--dit-heads", type=int, default=defaults.dit_heads,
+                        help="attention heads of the tiny DiT; --nproc must divide "
+                        "it (default: %(default)s)")
+    parser.add_argument("--dit-layers", type=int, default=defaults.dit_layers,
+                        help="blocks of the tiny DiT (default: %(default)s)")
+    parser.add_argument("--output-dir", default=defaults.output_dir,
+                        help="folder for the dump (default: %(default)s)")
+    parser.add_argument("--readme-excerpt", action="store_true",
+                        help="print the Markdown excerpt that README.md shows "
+                        "instead of the summary")
+
+
 def _parse_size(text: str, option: str) -> tuple:
     try:
         width, height = (int(part) for part in text.split("*"))
@@ -75,6 +101,27 @@ def _run_demo(args) -> int:
         sampling_steps=args.sample_steps, seed=args.seed,
         output_dir=args.output_dir)
     run_demo(options)
+    return 0
+
+
+def _run_inspect(args) -> int:
+    from .inspection.tiny_run import (InspectOptions, readme_excerpt,
+                                      run_inspect)
+
+    width, height = _parse_size(args.size, "--size")
+    defaults = InspectOptions()
+    # 16 channels per head keep the DiT's head dim as in the demo.
+    dit_dim = defaults.dit_dim // defaults.dit_heads * args.dit_heads
+    options = InspectOptions(
+        nproc=args.nproc, width=width, height=height, frame_num=args.frame_num,
+        dit_dim=dit_dim, dit_heads=args.dit_heads, dit_layers=args.dit_layers,
+        output_dir=args.output_dir)
+    result = run_inspect(options)
+    if args.readme_excerpt:
+        print(readme_excerpt(options, result), end="")
+        return 0
+    print(result.summary)
+    print(f"wrote {len(result.written)} files under {options.output_dir}")
     return 0
 
 
@@ -97,6 +144,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_demo_parser(subparsers)
     _add_generate_parser(subparsers)
+    _add_inspect_parser(subparsers)
     args = parser.parse_args(argv)
 
     level = os.environ.get("LITE_BOOST_LOG", "warning").upper()
@@ -104,6 +152,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     if args.command == "demo":
         return _run_demo(args)
+    if args.command == "inspect":
+        return _run_inspect(args)
     return _run_generate(args)
 
 

@@ -130,7 +130,10 @@ def run_demo(options: DemoOptions) -> float:
     _say(f"  done in {single.generate_seconds:.2f} s")
 
     _say(f"generating on {options.nproc} processes ...")
-    parallel = run_on_ranks(generate_on_this_rank, options.nproc, options)[0]
+    # Pure Ulysses, so the graph the demo writes shows the all_to_all rewrite;
+    # left alone, the planner would pick CFG parallel for this guided pipeline.
+    parallel = run_on_ranks(generate_on_this_rank, options.nproc, options,
+                            init_kwargs={"ulysses_degree": options.nproc})[0]
     _say(f"  done in {parallel.generate_seconds:.2f} s")
 
     difference = (parallel.video - single.video).abs().max().item()

@@ -7,10 +7,18 @@ from generate_cases import CASES, generate_all
 from lite_boost.launch import run_on_ranks
 
 
+@pytest.fixture(scope="module")
+def single_process_videos():
+    return run_on_ranks(generate_all, 1)[0]
+
+
+# The planner picks CFG parallel for these guided pipelines at 2 ranks;
+# ulysses_degree=2 forces sequence parallelism instead.
 @pytest.mark.timeout(600)
-def test_generate_two_ranks_match_one():
-    single = run_on_ranks(generate_all, 1)[0]
-    parallel = run_on_ranks(generate_all, 2)
+@pytest.mark.parametrize("degrees", [{}, {"ulysses_degree": 2}], ids=["planner", "ulysses"])
+def test_generate_two_ranks_match_one(degrees, single_process_videos):
+    single = single_process_videos
+    parallel = run_on_ranks(generate_all, 2, init_kwargs=degrees)
 
     for case, reference in zip(CASES, single):
         assert reference.dim() == 4, case.name

@@ -25,7 +25,9 @@ def assert_close(actual, expected, relative=1e-5):
 
 @pytest.fixture(scope="module")
 def two_rank_results():
-    return run_on_ranks(robustness_cases.parallel_behaviour, 2)
+    # Sequence parallelism; the planner would pick CFG parallel here.
+    return run_on_ranks(robustness_cases.parallel_behaviour, 2,
+                        init_kwargs={"ulysses_degree": 2})
 
 
 @pytest.mark.timeout(600)
@@ -71,12 +73,14 @@ def test_different_inputs_raise_on_every_rank(two_rank_results):
 
 @pytest.mark.timeout(300)
 def test_heads_not_divisible_rejected_early():
-    results = run_on_ranks(robustness_cases.heads_not_divisible, 3)
+    """A fixed Ulysses degree that does not divide the heads is rejected."""
+    results = run_on_ranks(robustness_cases.heads_not_divisible, 3,
+                           init_kwargs={"ulysses_degree": 3})
     for message, entered, patched in results:
         assert message is not None
-        assert "num_heads=4" in message
-        assert "ulysses_degree=3" in message
-        assert "valid degrees for this model are [1]" in message
+        assert "ulysses=3" in message
+        assert "4 heads on 3 ranks" in message
+        assert "valid choices: (cfg=1, ulysses=1, ring=3)" in message
         assert entered == []
         assert not patched
 

@@ -19,8 +19,11 @@ import torch
 import torch.distributed as dist
 
 from ..ops.collectives import run_collective
+from ..parallel.layout import configure_degrees
+from ..parallel.planner import check_degrees, plan_degrees
 from ..parallel.state import ParallelState, get_state
-from .dit import patch_dit, restore_dit
+from .cfg_parallel import install_cfg_parallel, remove_cfg_parallel
+from .dit import check_dit_supported, has_patched_models, patch_dit, restore_dit
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +130,7 @@ def agreed_seed(state: ParallelState) -> int:
     seed = torch.tensor([random.randint(0, 2**62)], dtype=torch.int64,
                         device=state.device)
     run_collective(dist.broadcast, "generate(seed=-1)", seed,
-                   src=dist.get_global_rank(state.ulysses_group, 0),
-                   group=state.ulysses_group)
+                   src=0, group=state.world_group)
     return int(seed.item())
 
 
@@ -168,25 +170,75 @@ def _parallel_generate(target: object, method: Callable,
     return generate_in_parallel
 
 
+def uses_guidance(target: object, adapter: Adapter,
+                  guidance: Optional[bool] = None) -> bool:
+    """Whether the DiT is called twice per step (classifier-free guidance).
+
+    ``guidance`` overrides the answer; otherwise pipelines use guidance unless
+    ``lightning`` is set, and a raw WanModel does not.
+    """
+    if guidance is not None:
+        return guidance
+    if not adapter.generate_methods:
+        return False
+    return not getattr(target, "lightning", False)
+
+
+def choose_degrees(target: object, adapter: Adapter,
+                   models: Dict[str, torch.nn.Module],
+                   state: ParallelState,
+                   guidance: bool) -> ParallelState:
+    """Let the planner pick degrees, or check the ones already in place.
+
+    The planner runs only when the caller gave no degrees and no model is
+    patched yet, because changing the degrees under a patched model would
+    change the groups it runs on.
+    """
+    if state.world_size == 1:
+        return state
+    head_counts = sorted({model.num_heads for model in models.values()})
+    if not state.degrees_fixed and not has_patched_models():
+        plan = plan_degrees(head_counts[0], state.world_size, guidance)
+        for num_heads in head_counts[1:]:
+            check_degrees(num_heads, state.world_size, guidance, *plan.degrees)
+        if plan.degrees != state.degrees:
+            return configure_degrees(*plan.degrees, reason=plan.reason, fixed=False)
+        return state
+
+    if state.cfg_degree == 2 and not guidance:
+        # Valid, only wasteful: both CFG halves compute the same calls.
+        logger.warning(
+            "%s has no guidance but the degrees have cfg 2: both halves of the "
+            "ranks compute the same calls", adapter.name)
+    for num_heads in head_counts:
+        check_degrees(num_heads, state.world_size, guidance or state.cfg_degree == 2,
+                      *state.degrees)
+    return state
+
+
 def is_patched(target: object) -> bool:
     return PATCH_ATTRIBUTE in vars(target)
 
 
 def apply_adapter(target: object, state: ParallelState,
                   vae_options: Dict[str, object],
-                  rope: Optional[str] = None) -> PipelinePatch:
+                  rope: Optional[str] = None,
+                  guidance: Optional[bool] = None) -> PipelinePatch:
     adapter = find_adapter(target)
     models = _dit_models(target, adapter)
     _check_not_wan_sequence_parallel(models)
+    guidance = uses_guidance(target, adapter, guidance)
+    state = choose_degrees(target, adapter, models, state, guidance)
 
     # Check every model before patching any, so a rejected target is left
     # as it was and every rank raises the same error before any collective.
-    from .dit import check_dit_supported
-
     for model in models.values():
         check_dit_supported(model, state)
     for model in models.values():
         patch_dit(model, state, rope=rope)
+    if state.cfg_degree == 2 and guidance:
+        for model in models.values():
+            install_cfg_parallel(model)
 
     vae_patched = False
     if adapter.vae_attribute is not None:
@@ -211,9 +263,11 @@ def apply_adapter(target: object, state: ParallelState,
     return patch
 
 
-def setup_model(target: object, *, vae_chunk_size: Optional[int] = None,
+def setup_model(target: object, *, vae_parallel: Optional[str] = None,
+                vae_chunk_size: Optional[int] = None,
                 vae_overlap: int = 2, vae_blend: int = 1,
-                rope: Optional[str] = None) -> object:
+                rope: Optional[str] = None,
+                guidance: Optional[bool] = None) -> object:
     """Detect ``target``'s type and patch it in place; return ``target``.
 
     A second call on a patched target changes nothing. See ``ParallelManager``
@@ -223,14 +277,19 @@ def setup_model(target: object, *, vae_chunk_size: Optional[int] = None,
         RuntimeError: ``initialize_usp()`` has not run, or the type is not
             supported.
         ValueError: the model cannot run at this degree (for example heads not
-            divisible by the world size).
+            divisible by the world size), or the VAE options are invalid.
     """
+    from ..vae import resolve_mode
+
     state = get_state()
     if is_patched(target):
         return target
-    vae_options = {"chunk_size": vae_chunk_size, "overlap": vae_overlap,
+    # Resolved before anything is patched, so an invalid mode leaves the
+    # target as it was.
+    vae_options = {"mode": resolve_mode(vae_parallel, vae_chunk_size),
+                   "chunk_size": vae_chunk_size, "overlap": vae_overlap,
                    "blend": vae_blend}
-    apply_adapter(target, state, vae_options, rope=rope)
+    apply_adapter(target, state, vae_options, rope=rope, guidance=guidance)
     return target
 
 
@@ -246,5 +305,6 @@ def restore_model(target: object) -> object:
 
         restore_vae(getattr(target, patch.adapter.vae_attribute))
     for model in patch.dit_models.values():
+        remove_cfg_parallel(model)
         restore_dit(model)
     return target

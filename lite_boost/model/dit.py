@@ -9,6 +9,7 @@ first block and gather it after the head.
 
 import dataclasses
 import logging
+import weakref
 from typing import Dict, List, Optional
 
 import torch
@@ -20,6 +21,15 @@ from ..passes import attention_passes, run_passes, trace_attention
 from .sequence_shard import SequenceShardHooks
 
 logger = logging.getLogger(__name__)
+
+# Patched models that are alive; the planner does not change the degrees
+# under them.
+_patched_models: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
+
+
+def has_patched_models() -> bool:
+    return len(_patched_models) > 0
+
 
 # Where a patched WanModel keeps its record. It is a plain attribute, not a
 # submodule, so state_dict(), named_modules() and .to() never see it.
@@ -35,8 +45,10 @@ class DitPatch:
             as that module's forward, e.g. "blocks.0.self_attn".
         originals: qualified module name -> the graph as traced, before the
             passes ran (for reading and diffing).
-        hooks: the sequence-sharding hooks, or None at Ulysses degree 1.
-        ulysses_degree: the degree the graphs were built for.
+        hooks: the sequence-sharding hooks, or None when one rank holds the
+            whole sequence.
+        ulysses_degree, ring_degree, cfg_degree: the degrees the graphs and
+            hooks were built for.
         kernel: name of the attention kernel the graphs call.
     """
 
@@ -45,6 +57,12 @@ class DitPatch:
     hooks: Optional[SequenceShardHooks]
     ulysses_degree: int
     kernel: str
+    ring_degree: int = 1
+    cfg_degree: int = 1
+
+    @property
+    def sequence_degree(self) -> int:
+        return self.ulysses_degree * self.ring_degree
 
 
 def valid_ulysses_degrees(num_heads: int, world_size: int) -> List[int]:
@@ -78,7 +96,8 @@ def _rewrite(module: torch.nn.Module, state: ParallelState, kernel,
     original = trace_attention(module)
     rewritten = trace_attention(module)
     rewritten.meta = {}
-    run_passes(rewritten, attention_passes(state.ulysses_degree, kernel, rope=rope))
+    run_passes(rewritten, attention_passes(state.ulysses_degree, kernel, rope=rope,
+                                           ring_degree=state.ring_degree))
     return original, rewritten
 
 
@@ -110,15 +129,19 @@ def patch_dit(model: torch.nn.Module, state: ParallelState,
         # An instance attribute shadows the class's forward; deleting it
         # brings Wan's forward back.
         model.get_submodule(name).forward = graph_module.forward
-    hooks = SequenceShardHooks(model) if state.ulysses_degree > 1 else None
+    hooks = SequenceShardHooks(model) if state.sequence_degree > 1 else None
 
     patch = DitPatch(graphs, originals, hooks, state.ulysses_degree,
-                     kernel.__name__)
+                     kernel.__name__, ring_degree=state.ring_degree,
+                     cfg_degree=state.cfg_degree)
+    _patched_models.add(model)
     vars(model)[PATCH_ATTRIBUTE] = patch
     logger.info(
-        "patched %s: %d blocks, %d attention graphs, ulysses_degree %d, "
-        "kernel %s, rope %s", type(model).__name__, len(model.blocks),
-        len(graphs), state.ulysses_degree, kernel.__name__, rope or "Wan's float64")
+        "patched %s: %d blocks, %d attention graphs, degrees cfg %d, ulysses "
+        "%d, ring %d, kernel %s, rope %s", type(model).__name__,
+        len(model.blocks), len(graphs), state.cfg_degree,
+        state.ulysses_degree, state.ring_degree, kernel.__name__,
+        rope or "Wan's float64")
     return patch
 
 
@@ -127,6 +150,7 @@ def restore_dit(model: torch.nn.Module) -> bool:
     patch = vars(model).pop(PATCH_ATTRIBUTE, None)
     if patch is None:
         return False
+    _patched_models.discard(model)
     for name in patch.graphs:
         vars(model.get_submodule(name)).pop("forward", None)
     if patch.hooks is not None:

@@ -3,16 +3,26 @@
 ``WanModel.forward`` is left as Wan wrote it. Hooks on its submodules do the
 sharding instead:
 
-- before the first block: pad x ``[B, L, C]`` and the per-token modulation
-  ``e`` ``[B, L, 6, C]`` to a multiple of P tokens and keep this rank's slice
-  ``[B, L_pad/P, ...]``;
-- before every other block: hand it the same sharded ``e``;
-- before the head: shard its per-token time embedding ``[B, L, C]`` the same way;
+- before ``time_embedding``: pad its input, the sinusoidal timestep features
+  ``[B, L, F]``, and keep this rank's slice. The time embedding ``[B, L, C]``
+  and the per-token modulation ``e`` ``[B, L, 6, C]`` that Wan computes from
+  it are then computed for this rank's tokens only. Computed for all L tokens
+  on every rank, they took about 3% of a P=1 forward (dim 512, 4 layers,
+  8192 tokens, benchmarks/bench_dit.py), and the full ``e`` stayed alive for
+  the whole forward;
+- before the first block: pad x ``[B, L, C]`` to a multiple of P tokens and
+  keep this rank's slice ``[B, L_pad/P, C]``. If ``e`` arrives with all L
+  tokens (no time-embedding hook ran), shard it here instead, and hand the
+  sharded ``e`` to every other block;
+- before the head: the same for its time embedding ``[B, L, C]``;
 - after the head: all-gather the slices ``[B, L_pad/P, C_out] -> [B, L_pad, C_out]``
   and strip the padding back to L.
 
-The padded tokens sit past ``seq_lens``, so attention masks them as keys
-exactly like the padding Wan adds itself.
+P is the sequence degree, ``ulysses_degree * ring_degree``, and the slices
+go to the sequence group in rank order. The padded tokens sit past
+``seq_lens``, so attention masks them as keys exactly like the padding Wan
+adds itself. Their modulation, computed from zero timestep features, is never
+seen by a real token.
 
 At the first forward the ranks also compare a fingerprint of their inputs
 (``check_same_inputs``). Ulysses needs every rank to hold the same full
@@ -27,7 +37,7 @@ import torch.nn.functional as F
 from torch.utils.hooks import RemovableHandle
 
 from ..ops.collectives import all_gather_dim, all_gather_single
-from ..parallel.state import get_state, ulysses_rank
+from ..parallel.state import get_state, sequence_rank
 
 SEQUENCE_DIM = 1
 
@@ -65,11 +75,12 @@ def check_same_inputs(model_name: str, x: torch.Tensor, e: torch.Tensor,
                       context: torch.Tensor) -> None:
     """Raise on every rank when the ranks' DiT inputs differ.
 
-    Every rank enters the one small all_gather, then compares the same table,
+    ``e`` is the timestep embedding, or the sinusoidal features that it is
+    computed from. Every rank enters the one small all_gather, then compares the same table,
     so either all ranks raise or none does.
     """
     state = get_state()
-    group, world_size = state.ulysses_group, state.ulysses_degree
+    group, world_size = state.sequence_group, state.sequence_degree
     local = input_fingerprint(x, e, context)
     table = local.new_empty(world_size * local.numel())
     all_gather_single(table, local, group, issuer="the DiT input check")
@@ -97,8 +108,15 @@ class SequenceShardHooks:
         self._full_length: Optional[int] = None
         self._e_full: Optional[torch.Tensor] = None
         self._e_local: Optional[torch.Tensor] = None
+        # Set by _shard_time_embedding for the current forward: the token
+        # count it saw, and its full input until the first input check.
+        self._time_full_length: Optional[int] = None
+        self._time_features: Optional[torch.Tensor] = None
+        self._time_sharded = False
         self.inputs_checked = False
 
+        self.handles.append(model.time_embedding.register_forward_pre_hook(
+            self._shard_time_embedding))
         blocks = list(model.blocks)
         if blocks:
             self.handles.append(blocks[0].register_forward_pre_hook(
@@ -119,21 +137,40 @@ class SequenceShardHooks:
         self._full_length = None
         self._e_full = None
         self._e_local = None
+        self._time_full_length = None
+        self._time_features = None
+        self._time_sharded = False
 
     def _layout(self):
         state = get_state()
-        return state.ulysses_degree, ulysses_rank()
+        return state.sequence_degree, sequence_rank()
+
+    def _shard_time_embedding(self, module, args):
+        world_size, rank = self._layout()
+        features = args[0]
+        self._time_full_length = features.size(SEQUENCE_DIM)
+        if not self.inputs_checked:
+            self._time_features = features
+        # [B, L, F] -> [B, L_pad/P, F]
+        return (shard_sequence(features, world_size, rank), *args[1:])
 
     def _shard_first_block(self, block, args, kwargs):
         world_size, rank = self._layout()
         x, rest = args[0], args[1:]
-        if not self.inputs_checked:
-            check_same_inputs(self.model_name, x, kwargs["e"], kwargs["context"])
-            self.inputs_checked = True
         self._full_length = x.size(SEQUENCE_DIM)
-        self._e_full = kwargs["e"]
-        self._e_local = shard_sequence(kwargs["e"], world_size, rank)
-        kwargs["e"] = self._e_local
+        # e comes from the sharded time embedding when that hook saw the
+        # same tokens in this forward.
+        self._time_sharded = self._time_full_length == self._full_length
+        self._time_full_length = None
+        if not self.inputs_checked:
+            timestep = self._time_features if self._time_sharded else kwargs["e"]
+            check_same_inputs(self.model_name, x, timestep, kwargs["context"])
+            self.inputs_checked = True
+        self._time_features = None
+        if not self._time_sharded:
+            self._e_full = kwargs["e"]
+            self._e_local = shard_sequence(kwargs["e"], world_size, rank)
+            kwargs["e"] = self._e_local
         return (shard_sequence(x, world_size, rank), *rest), kwargs
 
     def _shard_block_modulation(self, block, args, kwargs):
@@ -142,7 +179,7 @@ class SequenceShardHooks:
         return args, kwargs
 
     def _shard_head(self, head, args):
-        if self._full_length is None:
+        if self._full_length is None or self._time_sharded:
             return None
         world_size, rank = self._layout()
         x, e = args
@@ -153,7 +190,7 @@ class SequenceShardHooks:
             return None
         full_length = self._full_length
         self._clear()
-        group = get_state().ulysses_group
+        group = get_state().sequence_group
         gathered = all_gather_dim(output, SEQUENCE_DIM, group,
                                   issuer="the sequence gather after the DiT head")
         return gathered.narrow(SEQUENCE_DIM, 0, full_length)

@@ -1,6 +1,8 @@
 """Process groups and the user-facing entry point, ``ParallelManager``."""
 
 from .init import default_backend, destroy_usp, initialize_usp
+from .layout import configure_degrees
+from .planner import DegreePlan, plan_degrees
 from .state import ParallelState, get_state, is_initialized
 
 
@@ -17,6 +19,9 @@ def __getattr__(name):
 __all__ = [
     "ParallelManager",
     "ParallelState",
+    "DegreePlan",
+    "configure_degrees",
+    "plan_degrees",
     "default_backend",
     "destroy_usp",
     "get_state",

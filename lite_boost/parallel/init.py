@@ -40,6 +40,7 @@ import torch
 import torch.distributed as dist
 
 from . import state as parallel_state
+from .layout import clear_group_cache, complete_degrees, configure_degrees
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,8 @@ def initialize_usp(
     backend: Optional[str] = None,
     timeout: Union[datetime.timedelta, float, int] = DEFAULT_TIMEOUT,
     ulysses_degree: Optional[int] = None,
+    ring_degree: Optional[int] = None,
+    cfg_degree: Optional[int] = None,
 ) -> parallel_state.ParallelState:
     """Initialize torch.distributed and lite_boost's parallel state.
 
@@ -134,8 +137,17 @@ def initialize_usp(
             NPU are present, nccl with CUDA, gloo otherwise. "nccl" becomes
             "hccl" when torch_npu and an NPU are present.
         timeout: collective timeout (timedelta or seconds).
-        ulysses_degree: ranks that split one sequence. Only the full world
-            size is supported, which is also the default.
+        ulysses_degree: ranks that split heads and exchange them with
+            all_to_all (must divide the model's head count).
+        ring_degree: ranks that pass keys and values around a ring.
+        cfg_degree: 2 to run the prompt and the negative prompt of
+            classifier-free guidance on two halves of the ranks.
+
+    With no degree given, every rank runs Ulysses until the first
+    ``ParallelManager()`` call, where the planner
+    (``lite_boost.parallel.planner``) chooses degrees from the model's head
+    count and whether guidance is on. Given degrees are kept (left-out ones
+    complete the product) and checked against the model instead.
 
     Returns:
         The ParallelState of this process.
@@ -153,8 +165,9 @@ def initialize_usp(
     timeout = _as_timedelta(timeout)
     backend = _resolve_backend(backend)
 
+    requested = (cfg_degree, ulysses_degree, ring_degree)
     if parallel_state.is_initialized():
-        return _check_repeated_call(backend, ulysses_degree)
+        return _check_repeated_call(backend, requested)
 
     if dist.is_initialized():
         rank, world_size = dist.get_rank(), dist.get_world_size()
@@ -166,12 +179,8 @@ def initialize_usp(
     local_rank = _env_int("LOCAL_RANK", rank if world_size > 1 else 0)
     _check_layout(rank, world_size, local_rank)
 
-    degree = world_size if ulysses_degree is None else ulysses_degree
-    if degree != world_size:
-        raise ValueError(
-            f"ulysses_degree={degree} is not supported with world_size="
-            f"{world_size}; valid choice: {world_size} (every rank splits the "
-            "sequence)")
+    fixed = any(degree is not None for degree in requested)
+    degrees = complete_degrees(world_size, *requested)
 
     device = _device_for(backend, local_rank)
     owns_process_group = world_size > 1 and not dist.is_initialized()
@@ -187,14 +196,16 @@ def initialize_usp(
     group = dist.group.WORLD if world_size > 1 else None
     state = parallel_state.ParallelState(
         backend=backend, rank=rank, local_rank=local_rank,
-        world_size=world_size, device=device, ulysses_degree=degree,
+        world_size=world_size, device=device, ulysses_degree=world_size,
         ulysses_group=group, timeout=timeout,
-        owns_process_group=owns_process_group)
+        owns_process_group=owns_process_group, sequence_group=group,
+        world_group=group)
     parallel_state.set_state(state)
     logger.info(
         "lite_boost initialized: rank %d/%d, local rank %d, backend %s, "
-        "device %s, ulysses_degree %d", rank, world_size, local_rank,
-        backend, device, degree)
+        "device %s", rank, world_size, local_rank, backend, device)
+    if fixed:
+        state = configure_degrees(*degrees, fixed=True)
     return state
 
 
@@ -211,18 +222,21 @@ def _check_layout(rank: int, world_size: int, local_rank: int) -> None:
 
 def _check_repeated_call(
         backend: Optional[str],
-        ulysses_degree: Optional[int]) -> parallel_state.ParallelState:
+        requested: tuple) -> parallel_state.ParallelState:
     current = parallel_state.get_state()
     if backend is not None and backend != current.backend:
         raise ValueError(
             f"initialize_usp(backend={backend!r}) called after lite_boost was "
             f"initialized with backend {current.backend!r}; call "
             "destroy_usp() first to change it")
-    if ulysses_degree is not None and ulysses_degree != current.ulysses_degree:
-        raise ValueError(
-            f"initialize_usp(ulysses_degree={ulysses_degree}) called after "
-            f"lite_boost was initialized with ulysses_degree="
-            f"{current.ulysses_degree}; call destroy_usp() first to change it")
+    if any(degree is not None for degree in requested):
+        degrees = complete_degrees(current.world_size, *requested)
+        if degrees != current.degrees:
+            raise ValueError(
+                f"initialize_usp() called with degrees (cfg, ulysses, ring) = "
+                f"{degrees} after lite_boost was initialized with "
+                f"{current.degrees}; call lite_boost.parallel.configure_degrees() "
+                "on every rank to change them")
     return current
 
 
@@ -232,4 +246,5 @@ def destroy_usp() -> None:
         return
     if parallel_state.get_state().owns_process_group and dist.is_initialized():
         dist.destroy_process_group()
+    clear_group_cache()
     parallel_state.set_state(None)

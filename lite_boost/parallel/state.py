@@ -29,6 +29,20 @@ class ParallelState:
         timeout: collective timeout given to the process group.
         owns_process_group: whether initialize_usp() created the default
             process group (and destroy_usp() may destroy it).
+        ring_degree: ranks that pass keys and values around a ring.
+        cfg_degree: 1, or 2 when the two guidance branches run on two halves
+            of the ranks.
+        ring_group, cfg_group: this rank's ring and CFG groups, or None.
+        sequence_group: the ulysses_degree * ring_degree ranks that split one
+            sequence, or None.
+        world_group: every rank (the VAE's data parallelism), or None.
+        degrees_fixed: whether the caller chose the degrees; otherwise the
+            planner may choose them when the first model is patched.
+        plan_reason: why these degrees, for the log and the report.
+
+    Rank layout: Ulysses groups are consecutive ranks (the fastest links on a
+    node), ring groups stride by ulysses_degree, and CFG groups by
+    ulysses_degree * ring_degree.
     """
 
     backend: str
@@ -40,6 +54,24 @@ class ParallelState:
     ulysses_group: Optional[dist.ProcessGroup]
     timeout: datetime.timedelta
     owns_process_group: bool = False
+    ring_degree: int = 1
+    cfg_degree: int = 1
+    ring_group: Optional[dist.ProcessGroup] = None
+    cfg_group: Optional[dist.ProcessGroup] = None
+    sequence_group: Optional[dist.ProcessGroup] = None
+    world_group: Optional[dist.ProcessGroup] = None
+    degrees_fixed: bool = False
+    plan_reason: str = "every rank runs Ulysses (the default)"
+
+    @property
+    def sequence_degree(self) -> int:
+        """Ranks that split one sequence: ulysses_degree * ring_degree."""
+        return self.ulysses_degree * self.ring_degree
+
+    @property
+    def degrees(self) -> tuple:
+        """(cfg_degree, ulysses_degree, ring_degree)."""
+        return (self.cfg_degree, self.ulysses_degree, self.ring_degree)
 
 
 _state: Optional[ParallelState] = None
@@ -68,8 +100,24 @@ def is_initialized() -> bool:
     return _state is not None
 
 
-def ulysses_rank() -> int:
-    state = get_state()
-    if state.ulysses_group is None:
+def group_rank(group: Optional[dist.ProcessGroup]) -> int:
+    """This process's rank in ``group``; 0 for None (a group of one)."""
+    if group is None:
         return 0
-    return dist.get_rank(state.ulysses_group)
+    return dist.get_rank(group)
+
+
+def ulysses_rank() -> int:
+    return group_rank(get_state().ulysses_group)
+
+
+def ring_rank() -> int:
+    return group_rank(get_state().ring_group)
+
+
+def sequence_rank() -> int:
+    return group_rank(get_state().sequence_group)
+
+
+def cfg_rank() -> int:
+    return group_rank(get_state().cfg_group)

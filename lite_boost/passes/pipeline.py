@@ -12,6 +12,9 @@ Order, and why:
    rope with lite_boost's float32 rope. It runs after the Ulysses pass, which
    finds Wan's rope call to put the exchange before it.
 4. ``LowerAttentionPass`` replaces every attention call with the device kernel.
+5. ``RingAttentionPass``, only with a ring degree above 1, turns the lowered
+   self-attention call into ring attention and Wan's rope into the ring
+   block's rope. It runs last because it rewrites what lowering produced.
 """
 
 import dataclasses
@@ -24,6 +27,7 @@ from torch.fx.passes.infra.pass_base import PassBase
 from .find_attention import FindAttentionPass
 from .lower_attention import LowerAttentionPass
 from .lower_rope import LowerRopePass
+from .ring_attention import RingAttentionPass
 from .ulysses_all_to_all import UlyssesAllToAllPass
 
 logger = logging.getLogger(__name__)
@@ -71,19 +75,27 @@ def run_passes(graph_module: fx.GraphModule,
 
 
 def attention_passes(ulysses_degree: int, kernel: Callable,
-                     rope: Optional[str] = None) -> List[PassBase]:
+                     rope: Optional[str] = None,
+                     ring_degree: int = 1) -> List[PassBase]:
     """Return the default pipeline for one Wan attention module.
 
     Args:
         rope: None keeps Wan's float64 rope; "float32" adds ``LowerRopePass``.
+        ring_degree: above 1 adds ``RingAttentionPass``.
     """
     if rope not in ROPE_CHOICES:
         raise ValueError(
             f"rope={rope!r} is not supported; valid choices: {ROPE_CHOICES}")
+    if rope == "float32" and ring_degree > 1:
+        raise NotImplementedError(
+            f"rope='float32' does not support ring_degree={ring_degree}: the "
+            "float32 rope has no ring offset; use rope=None")
     passes: List[PassBase] = [FindAttentionPass()]
     if ulysses_degree > 1:
         passes.append(UlyssesAllToAllPass(ulysses_degree))
     if rope == "float32":
         passes.append(LowerRopePass())
     passes.append(LowerAttentionPass(kernel))
+    if ring_degree > 1:
+        passes.append(RingAttentionPass(ring_degree))
     return passes

@@ -136,7 +136,7 @@ def data_parallel_layout() -> Tuple[Optional[dist.ProcessGroup], int, int]:
     """
     if not parallel_state.is_initialized():
         return None, 0, 1
-    group = parallel_state.get_state().ulysses_group
+    group = parallel_state.get_state().world_group
     if group is None:
         return None, 0, 1
     world_size = dist.get_world_size(group)
@@ -274,7 +274,7 @@ def tiled_decode(vae, z: torch.Tensor, *, chunk_size: Optional[int] = None,
                  sequential: bool = False) -> torch.Tensor:
     """Decode one latent video in temporal chunks spread over the ranks.
 
-    Every rank of lite_boost's group (``get_state().ulysses_group``) must call
+    Every rank (``get_state().world_group``) must call
     this with the same shapes and options, because the outputs are gathered
     with collectives. Without ``initialize_usp()`` or on one rank it runs
     locally. Call it inside the same autocast region as Wan's own decode.
