@@ -74,6 +74,7 @@ class ModelReport:
         recording: whether a FirstCallRecorder was installed at patch time.
         ring_degree, cfg_degree: the other parallel degrees the model was
             patched for (1 when unused).
+        plan_reason: why those degrees, from the planner or the caller.
     """
 
     label: str
@@ -89,6 +90,7 @@ class ModelReport:
     recording: bool = True
     ring_degree: int = 1
     cfg_degree: int = 1
+    plan_reason: str = ""
 
     @property
     def title(self) -> str:
@@ -234,8 +236,11 @@ class ModelReport:
         if self.ring_degree > 1 or self.cfg_degree > 1:
             degrees += f", ring degree {self.ring_degree}, CFG degree {self.cfg_degree}"
         lines = [self.summary_line(),
-                 f"  {len(self.graphs)} attention graphs call {self.kernel}; {degrees}",
-                 self._first_call_line(), *self._cost_lines()]
+                 f"  {len(self.graphs)} attention graphs call {self.kernel}; {degrees}"]
+        if self.plan_reason:
+            lines.append(f"  degrees (cfg, ulysses, ring) = ({self.cfg_degree}, "
+                         f"{self.ulysses_degree}, {self.ring_degree}): {self.plan_reason}")
+        lines += [self._first_call_line(), *self._cost_lines()]
         warnings = [text for graph in self.graphs.values() for text in graph.warnings]
         lines += [f"  WARNING: {text}" for text in warnings]
         return "\n".join(lines)
@@ -260,6 +265,7 @@ class ModelReport:
             "ulysses_degree": self.ulysses_degree,
             "ring_degree": self.ring_degree,
             "cfg_degree": self.cfg_degree,
+            "plan_reason": self.plan_reason,
             "kernel": self.kernel,
             "self_attention_rewritten": self.self_attention_rewritten,
             "cross_attention_touched": self.cross_attention_touched,
@@ -409,7 +415,8 @@ def build_model_report(label: str, model: torch.nn.Module) -> ModelReport:
         gathers_after_head=patch.hooks is not None, sizes=sizes,
         recording=RECORDER_ATTRIBUTE in vars(model),
         ring_degree=getattr(patch, "ring_degree", 1),
-        cfg_degree=getattr(patch, "cfg_degree", 1))
+        cfg_degree=getattr(patch, "cfg_degree", 1),
+        plan_reason=getattr(patch, "plan_reason", ""))
 
 
 def inspect(target: object) -> InspectionReport:

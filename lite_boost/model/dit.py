@@ -49,6 +49,7 @@ class DitPatch:
             whole sequence.
         ulysses_degree, ring_degree, cfg_degree: the degrees the graphs and
             hooks were built for.
+        plan_reason: why those degrees (the planner's or the caller's choice).
         kernel: name of the attention kernel the graphs call.
     """
 
@@ -59,6 +60,7 @@ class DitPatch:
     kernel: str
     ring_degree: int = 1
     cfg_degree: int = 1
+    plan_reason: str = ""
 
     @property
     def sequence_degree(self) -> int:
@@ -133,7 +135,7 @@ def patch_dit(model: torch.nn.Module, state: ParallelState,
 
     patch = DitPatch(graphs, originals, hooks, state.ulysses_degree,
                      kernel.__name__, ring_degree=state.ring_degree,
-                     cfg_degree=state.cfg_degree)
+                     cfg_degree=state.cfg_degree, plan_reason=state.plan_reason)
     _patched_models.add(model)
     vars(model)[PATCH_ATTRIBUTE] = patch
     logger.info(
