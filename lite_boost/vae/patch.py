@@ -1,10 +1,13 @@
-"""Install temporal tiling on one Wan VAE instance.
+"""Install parallel encode and decode on one Wan VAE instance.
 
 ``patch_vae`` sets ``encode`` and ``decode`` as instance attributes that keep
 the contract of ``Wan2_1_VAE`` / ``Wan2_2_VAE`` (a list of videos in, a list
-out) and run ``tiled_encode`` / ``tiled_decode`` on each element. The class,
-``vae.model`` and its weights are left as they are, and ``restore_vae`` removes
-the instance attributes again.
+out). They run each element in one of two modes: ``"temporal"`` (chunks of
+time, ``tiled_encode`` / ``tiled_decode``) or ``"spatial"`` (slabs of rows,
+``spatial_encode`` / ``spatial_decode``). The class, ``vae.model`` and its
+weights are left as they are. The spatial mode sets instance forwards on some
+layers of ``vae.model`` only for the duration of each call. ``restore_vae``
+removes the instance attributes again.
 
 Wan2_2_VAE's own methods catch TypeError and return None. The wrappers catch
 nothing: invalid input raises.
@@ -20,6 +23,8 @@ from typing import Dict, Optional
 import torch
 
 from .plan import check_options
+from .spatial import spatial_decode, spatial_encode
+from .spatial_layers import check_spatial_support
 from .temporal import data_parallel_layout, tiled_decode, tiled_encode
 
 logger = logging.getLogger(__name__)
@@ -29,11 +34,21 @@ _METHOD_NAMES = ("encode", "decode")
 _SUPPORTED_CLASSES = (("wan.modules.vae2_1", "Wan2_1_VAE"),
                       ("wan.modules.vae2_2", "Wan2_2_VAE"))
 
+VAE_MODES = ("spatial", "temporal")
+"""Valid values of ``patch_vae(mode=...)``."""
+
+DEFAULT_VAE_MODE = "spatial"
+"""Mode that ``ParallelManager`` uses when neither a mode nor a chunk size is given."""
+
 
 @dataclasses.dataclass(frozen=True)
 class TilingOptions:
-    """Options of a patched VAE, as documented in ``tiled_decode``."""
+    """Options of a patched VAE, as documented in ``patch_vae``.
 
+    ``chunk_size``, ``overlap`` and ``blend`` apply to the temporal mode only.
+    """
+
+    mode: str = "temporal"
     chunk_size: Optional[int] = None
     overlap: int = 2
     blend: int = 1
@@ -105,40 +120,91 @@ def _check_video_list(vae, method: str, argument: str, values,
                 f"expected a 4-D tensor {layout}")
 
 
-def _options_of(vae) -> Dict[str, object]:
-    return dataclasses.asdict(vae.__dict__[_PATCH_ATTRIBUTE].options)
+def _encode_one(vae, video: torch.Tensor,
+                options: TilingOptions) -> torch.Tensor:
+    if options.mode == "spatial":
+        return spatial_encode(vae, video)
+    return tiled_encode(vae, video, chunk_size=options.chunk_size,
+                        overlap=options.overlap, blend=options.blend)
+
+
+def _decode_one(vae, z: torch.Tensor, options: TilingOptions) -> torch.Tensor:
+    if options.mode == "spatial":
+        return spatial_decode(vae, z)
+    return tiled_decode(vae, z, chunk_size=options.chunk_size,
+                        overlap=options.overlap, blend=options.blend)
 
 
 def _patched_encode(vae, videos):
     _check_video_list(vae, "encode", "videos", videos, "[3, T, H, W]")
-    options = _options_of(vae)
+    options = vae.__dict__[_PATCH_ATTRIBUTE].options
     latents = []
     for video in videos:
         with _wan_autocast(vae.dtype, video.device):
-            latents.append(tiled_encode(vae, video, **options).float())
+            latents.append(_encode_one(vae, video, options).float())
     return latents
 
 
 def _patched_decode(vae, zs):
     _check_video_list(vae, "decode", "zs", zs, "[C, T_lat, H, W]")
-    options = _options_of(vae)
+    options = vae.__dict__[_PATCH_ATTRIBUTE].options
     videos = []
     for z in zs:
         with _wan_autocast(vae.dtype, z.device):
-            video = tiled_decode(vae, z, **options)
+            video = _decode_one(vae, z, options)
             videos.append(video.float().clamp_(-1, 1))
     return videos
 
 
-def patch_vae(vae, *, chunk_size: Optional[int] = None, overlap: int = 2,
+def _check_mode(vae, mode) -> None:
+    if mode not in VAE_MODES:
+        raise ValueError(
+            f"mode={mode!r} is invalid: valid VAE modes are {VAE_MODES}")
+    if mode == "spatial":
+        check_spatial_support(vae.model)
+
+
+def resolve_mode(mode: Optional[str], chunk_size: Optional[int]) -> str:
+    """Return the VAE mode for ``ParallelManager(vae_parallel=mode, vae_chunk_size=chunk_size)``.
+
+    ``mode=None`` means ``"temporal"`` when a chunk size is given, because
+    only that mode uses it, and ``DEFAULT_VAE_MODE`` otherwise.
+
+    Raises:
+        ValueError: ``mode`` is not one of ``VAE_MODES``, or it is
+            ``"spatial"`` together with a chunk size.
+    """
+    if mode is None:
+        return "temporal" if chunk_size is not None else DEFAULT_VAE_MODE
+    if mode not in VAE_MODES:
+        raise ValueError(
+            f"vae_parallel={mode!r} is invalid: valid values are {VAE_MODES} "
+            "or None")
+    if mode == "spatial" and chunk_size is not None:
+        raise ValueError(
+            f"vae_chunk_size={chunk_size} is invalid with "
+            "vae_parallel='spatial': chunks are a temporal-mode option. Drop "
+            "vae_chunk_size, or pass vae_parallel='temporal'")
+    return mode
+
+
+def patch_vae(vae, *, mode: str = "temporal",
+              chunk_size: Optional[int] = None, overlap: int = 2,
               blend: int = 1):
-    """Make ``vae.encode`` and ``vae.decode`` tile in time over the ranks.
+    """Make ``vae.encode`` and ``vae.decode`` run over the ranks.
+
+    ``mode="spatial"`` splits every frame into slabs of rows, one per rank,
+    which exchange boundary rows at every layer that needs them. The result
+    equals Wan's untiled encode or decode up to float rounding.
+    ``mode="temporal"`` splits the video into chunks of latent frames,
+    controlled by ``chunk_size``, ``overlap`` and ``blend``. Its result
+    differs from Wan's untiled one, because the VAE is causal in time.
 
     The patched methods keep Wan's contract: a list of tensors in (videos
     ``[3, T, H, W]`` or latents ``[C, T_lat, H, W]``), a list of float32
     tensors out, decoded frames clamped to [-1, 1]. Every rank of
-    lite_boost's group must call them with the same shapes, because the chunk
-    outputs are gathered with collectives.
+    lite_boost's group must call them with the same shapes, because the
+    ranks exchange rows or gather chunks with collectives.
 
     Wan's generate() (text2video, image2video, textimage2video in wan22
     2.2.11) calls ``vae.decode`` on rank 0 only, so a patched decode there
@@ -151,36 +217,43 @@ def patch_vae(vae, *, chunk_size: Optional[int] = None, overlap: int = 2,
 
     Args:
         vae: a ``Wan2_1_VAE`` or ``Wan2_2_VAE`` instance.
-        chunk_size: core latents per chunk. Default (None):
+        mode: ``"temporal"`` (default, kept for existing callers) or
+            ``"spatial"``. ``ParallelManager`` picks its own default.
+        chunk_size: temporal mode, core latents per chunk. Default (None):
             ``ceil(T_lat / world_size)``, so one rank gives Wan's untiled
             result exactly.
-        overlap: warm-up latents before each chunk after the first (default
-            2), >= 1 whenever a video is split into more than one chunk.
-        blend: warm-up latents cross-faded with the previous chunk (default
-            1), ``0 <= blend <= overlap - 1``.
+        overlap: temporal mode, warm-up latents before each chunk after the
+            first (default 2), >= 1 whenever a video is split into more than
+            one chunk.
+        blend: temporal mode, warm-up latents cross-faded with the previous
+            chunk (default 1), ``0 <= blend <= overlap - 1``.
 
     Returns:
         ``vae`` itself.
 
     Raises:
         RuntimeError: ``vae`` is not a supported Wan VAE.
-        TypeError, ValueError: an option is invalid.
+        TypeError, ValueError: an option is invalid. The temporal options
+            are checked in both modes.
+        NotImplementedError: ``mode="spatial"`` and ``vae.model`` has a
+            layer that cannot be split by rows (Wan's own VAEs have none).
 
     Example::
 
-        patch_vae(pipeline.vae, overlap=2, blend=1)
+        patch_vae(pipeline.vae, mode="spatial")
         latents = pipeline.vae.encode([video])  # on every rank
         restore_vae(pipeline.vae)
     """
     _check_supported(vae)
     check_options(chunk_size, overlap, blend)
-    options = TilingOptions(chunk_size=chunk_size, overlap=overlap,
-                            blend=blend)
+    _check_mode(vae, mode)
+    options = TilingOptions(mode=mode, chunk_size=chunk_size,
+                            overlap=overlap, blend=blend)
 
     record = vae.__dict__.get(_PATCH_ATTRIBUTE)
     if record is not None:
         record.options = options
-        logger.info("updated temporal tiling of %s: %s",
+        logger.info("updated parallel VAE options of %s: %s",
                     type(vae).__name__, options)
         return vae
 
@@ -190,8 +263,8 @@ def patch_vae(vae, *, chunk_size: Optional[int] = None, overlap: int = 2,
     vae.encode = types.MethodType(_patched_encode, vae)
     vae.decode = types.MethodType(_patched_decode, vae)
     _, _, world_size = data_parallel_layout()
-    logger.info("patched %s encode/decode with temporal tiling on %d "
-                "rank(s): %s", type(vae).__name__, world_size, options)
+    logger.info("patched %s encode/decode with %s parallelism on %d "
+                "rank(s): %s", type(vae).__name__, mode, world_size, options)
     return vae
 
 
