@@ -99,16 +99,16 @@ def test_planned_generate_uses_cfg():
 
 
 def run_planned_report():
-    """Rank body at P=4 with 6 heads and no guidance: the planner adds a ring."""
+    """Rank body at P=2 with 3 heads and no guidance: the planner adds a ring."""
     import lite_boost
     from lite_boost.parallel import ParallelManager
 
-    model = ParallelManager(build_model(hybrid_cases.hybrid_case(6)))
+    model = ParallelManager(build_model(hybrid_cases.hybrid_case(3)))
     return str(lite_boost.inspect(model))
 
 
 @pytest.mark.timeout(300)
 def test_report_explains_plan():
-    report = run_on_ranks(run_planned_report, 4)[0]
-    assert "degrees (cfg, ulysses, ring) = (1, 2, 2)" in report
-    assert "6 heads do not divide by 4" in report
+    report = run_on_ranks(run_planned_report, 2)[0]
+    assert "degrees (cfg, ulysses, ring) = (1, 1, 2)" in report
+    assert "3 heads do not divide by 2" in report

@@ -8,7 +8,7 @@ prompt's. The negative context is the same list object at every step.
 attribute around the class's own ``forward``, so Wan's code runs unchanged):
 
 1. Until it has seen such a pair, every call is computed as usual on all
-   ranks; a call with the same latents and timestep as the previous call and
+   ranks. A call with the same latents and timestep as the previous call but
    another context marks that context as the negative one.
 2. From then on, a call with another context is the prompt branch: CFG group
    0 computes it, CFG group 1 computes the same call with the negative context,

@@ -44,7 +44,7 @@ def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     elsewhere the scores are computed explicitly.
     NOTE: the CUDA and NPU fused kernels that return the LSE
     (flash_attn with return_attn_probs, npu_fusion_attention's softmax
-    statistics) are not wired in yet; those devices take the explicit path.
+    statistics) are not wired in yet, so those devices take the explicit path.
     """
     if q.device.type == "cpu":
         additive = torch.zeros(key_valid.shape, dtype=q.dtype, device=q.device)
