@@ -6,10 +6,11 @@ import torch.fx as fx
 
 from dit_cases import CASES, build_model
 from lite_boost.ops.attention import sdpa_attention
-from lite_boost.ops.collectives import ulysses_all_to_all
+from lite_boost.ops.collectives import ulysses_all_to_all, ulysses_all_to_all_qkv
 from lite_boost.passes import PassFailedError, attention_passes, run_passes, trace_attention
 from lite_boost.passes.attention_match import find_attention_calls
 from lite_boost.passes.find_attention import FindAttentionPass
+from lite_boost.passes.fuse_qkv_all_to_all import FuseQkvAllToAllPass
 from lite_boost.passes.meta import provenance
 from lite_boost.passes.ulysses_all_to_all import UlyssesAllToAllPass
 from reference import reference_attention, wan_reference_attention
@@ -182,3 +183,73 @@ def test_reference_attention_masks_padding():
     # Changing a padded key must not change the output of batch 1.
     k[1, 4] += 100.0
     assert torch.allclose(sdpa_attention(q, k, v, k_lens=k_lens)[1], expected[1], atol=1e-6)
+
+
+def test_fused_pass_merges_qkv_exchanges(block):
+    import operator
+
+    import wan.modules.model as wan_model
+
+    graph_module = trace_attention(block.self_attn)
+    run_passes(graph_module, attention_passes(2, sdpa_attention, fuse_qkv=True))
+    fused = calls_of(graph_module, ulysses_all_to_all_qkv)
+    assert len(fused) == 1
+    info = provenance(fused[0])
+    assert info["pass"] == "FuseQkvAllToAllPass"
+    assert info["role"] == "qkv"
+    assert len(info["replaces"]) == 3
+    assert (info["scatter_dim"], info["gather_dim"], info["world_size"]) == (2, 1, 2)
+    # The inputs are the q, k and v views that the separate exchanges took.
+    assert [node.op for node in fused[0].args] == ["call_method"] * 3
+    assert [node.target for node in fused[0].args] == ["view"] * 3
+
+    parts = {provenance(user)["role"]: user for user in fused[0].users}
+    assert sorted(parts) == ["k", "q", "v"]
+    for index, role in enumerate(("q", "k", "v")):
+        assert parts[role].target is operator.getitem
+        assert parts[role].args[1] == index
+    # Rope still runs after the exchange, on the full sequence.
+    ropes = calls_of(graph_module, wan_model.rope_apply)
+    assert {rope.args[0] for rope in ropes} == {parts["q"], parts["k"]}
+    kernel = calls_of(graph_module, sdpa_attention)[0]
+    assert kernel.args[2] is parts["v"]
+
+    remaining = calls_of(graph_module, ulysses_all_to_all)
+    assert [provenance(node)["role"] for node in remaining] == ["out"]
+    assert remaining[0].args[0] is kernel
+
+
+def test_fused_pass_leaves_cross_attention(block):
+    graph_module = trace_attention(block.cross_attn)
+    run_passes(graph_module, attention_passes(2, sdpa_attention, fuse_qkv=True))
+    assert calls_of(graph_module, ulysses_all_to_all_qkv) == []
+    assert calls_of(graph_module, ulysses_all_to_all) == []
+
+
+def test_fused_pass_without_exchanges_is_noop(block):
+    graph_module = trace_attention(block.self_attn)
+    FindAttentionPass()(graph_module)
+    before = str(graph_module.graph)
+    result = FuseQkvAllToAllPass()(graph_module)
+    assert not result.modified
+    assert str(graph_module.graph) == before
+
+
+def test_fused_pass_left_out_by_default(block):
+    names = [type(graph_pass).__name__ for graph_pass in attention_passes(2, sdpa_attention)]
+    assert "FuseQkvAllToAllPass" not in names
+    names = [type(graph_pass).__name__
+             for graph_pass in attention_passes(1, sdpa_attention, fuse_qkv=True)]
+    assert "FuseQkvAllToAllPass" not in names
+
+
+def test_fused_pass_runs_once(block):
+    graph_module = trace_attention(block.self_attn)
+    FindAttentionPass()(graph_module)
+    UlyssesAllToAllPass(2)(graph_module)
+    first = FuseQkvAllToAllPass()(graph_module)
+    second = FuseQkvAllToAllPass()(graph_module)
+    assert first.modified
+    assert not second.modified
+    assert len(calls_of(graph_module, ulysses_all_to_all_qkv)) == 1
+    assert len(calls_of(graph_module, ulysses_all_to_all)) == 1

@@ -7,9 +7,9 @@ sharding instead:
   ``[B, L, F]``, and keep this rank's slice. The time embedding ``[B, L, C]``
   and the per-token modulation ``e`` ``[B, L, 6, C]`` that Wan computes from
   it are then computed for this rank's tokens only. Computed for all L tokens
-  on every rank, they took about 3% of a P=1 forward (dim 512, 4 layers,
-  8192 tokens, benchmarks/bench_dit.py), and the full ``e`` stayed alive for
-  the whole forward;
+  on every rank, they took 3.4% of a P=1 forward of the DiT in
+  benchmarks/bench_dit.py (dim 512, 4 layers, 8192 tokens, one CPU thread),
+  and the full ``e`` stayed alive for the whole forward;
 - before the first block: pad x ``[B, L, C]`` to a multiple of P tokens and
   keep this rank's slice ``[B, L_pad/P, C]``. If ``e`` arrives with all L
   tokens (no time-embedding hook ran), shard it here instead, and hand the

@@ -33,7 +33,8 @@ SEQUENCE_DIM = 1
 HEAD_DIM = 2
 
 
-def _is_rope_call(node: object) -> bool:
+def is_rope_call(node: object) -> bool:
+    """Return whether ``node`` calls Wan's ``rope_apply``."""
     import wan.modules.model as wan_model
 
     return (isinstance(node, fx.Node) and node.op == "call_function"
@@ -80,7 +81,7 @@ class UlyssesAllToAllPass(PassBase):
                               operand: fx.Node, role: str) -> None:
         # Exchange before rope when the operand is rope's output, so rope
         # runs on the full sequence.
-        user = operand if _is_rope_call(operand) else attention
+        user = operand if is_rope_call(operand) else attention
         source = operand.args[0] if user is operand else operand
         with graph.inserting_before(user):
             exchanged = self._insert_all_to_all(
