@@ -145,9 +145,15 @@ def _gather_slabs(direction: str, local: Optional[torch.Tensor],
     heights = [s[2] for s in shapes]
     slab_numel = channels * frames * width * max(heights)
 
-    send = torch.zeros(slab_numel, dtype=torch.float32, device=device)
-    if local is not None:
-        send[:local.numel()] = local.reshape(-1)
+    if (local is not None and local.numel() == slab_numel
+            and local.dtype == torch.float32):
+        # The slab already has the padded size: send it as it is, because a
+        # padded copy would be one more slab alive at the memory peak.
+        send = local.reshape(-1).contiguous()
+    else:
+        send = torch.zeros(slab_numel, dtype=torch.float32, device=device)
+        if local is not None:
+            send[:local.numel()] = local.reshape(-1)
     received = send.new_empty(world_size * slab_numel)
     all_gather_single(received, send, group, issuer=f"spatial {direction}")
 
