@@ -14,7 +14,9 @@ def reference_attention(q, k, v, q_lens=None, k_lens=None, dropout_p=0.0,
     q: [B, Lq, N, D], k/v: [B, Lk, N, D]; keys at or past ``k_lens[b]`` are
     padding and get no weight. Only the arguments Wan's DiT passes are honoured.
     """
-    assert not causal and tuple(window_size) == (-1, -1) and q_lens is None
+    assert not causal
+    assert tuple(window_size) == (-1, -1)
+    assert q_lens is None
     out_dtype = q.dtype
     q, k, v = (t.double() for t in (q, k, v))
     scale = softmax_scale if softmax_scale is not None else q.size(-1) ** -0.5

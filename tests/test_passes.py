@@ -84,7 +84,7 @@ def test_ulysses_pass_inserts_pair(block):
     for role in ("q", "k", "v"):
         assert roles[role].kwargs == {"scatter_dim": 2, "gather_dim": 1}
     assert roles["out"].kwargs == {"scatter_dim": 1, "gather_dim": 2}
-    # q and k are exchanged before rope, so rope sees the whole sequence.
+    # q and k are exchanged before rope, so rope gets the whole sequence.
     import wan.modules.model as wan_model
     ropes = calls_of(graph_module, wan_model.rope_apply)
     assert len(ropes) == 2

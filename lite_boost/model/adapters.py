@@ -71,7 +71,7 @@ def find_adapter(target: object) -> Adapter:
 
 @dataclasses.dataclass
 class PipelinePatch:
-    """What ``setup_model`` installed on a target, so restore() can undo it."""
+    """Record of what ``setup_model`` installed on a target, for restore()."""
 
     adapter: Adapter
     dit_models: Dict[str, torch.nn.Module]
@@ -174,7 +174,7 @@ def uses_guidance(target: object, adapter: Adapter,
                   guidance: Optional[bool] = None) -> bool:
     """Whether the DiT is called twice per step (classifier-free guidance).
 
-    ``guidance`` overrides the answer; otherwise pipelines use guidance unless
+    ``guidance`` overrides the inference. Otherwise pipelines use guidance unless
     ``lightning`` is set, and a raw WanModel does not.
     """
     if guidance is not None:

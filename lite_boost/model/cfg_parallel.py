@@ -14,12 +14,12 @@ attribute around the class's own ``forward``, so Wan's code runs unchanged):
    0 computes it, CFG group 1 computes the same call with the negative context,
    and the two outputs are exchanged with one all_gather. The prompt's output
    is returned and the negative one is kept.
-3. The next call is answered from the kept output only when it really is the
+3. The next call returns the kept output only when it really is the
    negative branch of that step: same latents (same tensors or equal values),
    same timestep, the negative context, same ``seq_len`` and ``y``.
    Otherwise it is computed as usual.
 
-Every rank sees the same sequence of calls, so every rank takes the same
+Every rank receives the same sequence of calls, so every rank takes the same
 branch and enters the same collectives.
 """
 

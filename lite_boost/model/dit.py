@@ -31,7 +31,7 @@ def has_patched_models() -> bool:
     return len(_patched_models) > 0
 
 
-# Where a patched WanModel keeps its record. It is a plain attribute, not a
+# Attribute name of a patched WanModel's record. It is a plain attribute, not a
 # submodule, so state_dict(), named_modules() and .to() never see it.
 PATCH_ATTRIBUTE = "_lite_boost_dit_patch"
 
@@ -45,7 +45,7 @@ class DitPatch:
             as that module's forward, e.g. "blocks.0.self_attn".
         originals: qualified module name -> the graph as traced, before the
             passes ran (for reading and diffing).
-        hooks: the sequence-sharding hooks, or None when one rank holds the
+        hooks: the sequence-sharding hooks, or None when one rank has the
             whole sequence.
         ulysses_degree, ring_degree, cfg_degree: the degrees the graphs and
             hooks were built for.

@@ -1,7 +1,7 @@
 """Collectives over the Ulysses group, as plain functions that graphs can call.
 
 Graphs call these by name with their dims as keyword arguments; the process
-group is read from the parallel state at run time, so a graph holds no
+group is read from the parallel state at run time, so a graph contains no
 process-group object and prints readably.
 
 HCCL (Ascend NPUs) takes only contiguous tensors, so every tensor handed to a
@@ -25,7 +25,7 @@ def run_collective(collective: Callable, issuer: str, *args, **kwargs):
 
     A rank that never enters a collective leaves the others waiting until the
     process group's timeout (``initialize_usp(timeout=...)``). The backend's
-    own error then says only which transport gave up; this one also says
+    own error then names only the transport that gave up; this one also names
     which collective and which lite_boost call issued it.
     """
     try:

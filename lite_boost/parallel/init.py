@@ -130,7 +130,7 @@ def initialize_usp(
     group that the caller initialized already is reused as it is.
 
     Calling it again returns the state of the first call; a second call that
-    asks for a different backend or degree raises instead.
+    requests a different backend or degree raises instead.
 
     Args:
         backend: "gloo", "nccl" or "hccl". Default: hccl when torch_npu and an

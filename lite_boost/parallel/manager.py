@@ -41,8 +41,8 @@ class ParallelManager:
             set, a raw WanModel does not.
 
     The (cfg, ulysses, ring) degrees come from ``initialize_usp()`` when the
-    caller gave them; otherwise the planner chooses them here from the head
-    count and ``guidance`` (``lite_boost.parallel.planner``).
+    caller gave them. Otherwise the planner (``lite_boost.parallel.planner``)
+    chooses them here from the head count and ``guidance``.
 
     Example::
 

@@ -33,7 +33,7 @@ C_out      channels of the DiT head's output
 s_head     bytes per element of the head's output
 =========  ===============================================================
 
-lite_boost pads S to a multiple of P, so every rank holds ceiling(S/P) tokens.
+lite_boost pads S to a multiple of P, so every rank has ceiling(S/P) tokens.
 In Wan's attention layout both exchanges of a self-attention call move tensors
 of B * ceiling(S/P) * H * D elements per rank:
 

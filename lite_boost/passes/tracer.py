@@ -19,7 +19,7 @@ they run with their own decorators.
 Two things in Wan's code need help to trace:
 
 - ``b, s, n, d = *x.shape[:2], ...`` iterates a Proxy. ``ShapeSliceProxy``
-  knows the length of a constant slice of a shape and unpacks it.
+  computes the length of a constant slice of a shape and unpacks it.
 - Submodules (``q``, ``k``, ``v``, ``o``, the RMS norms) are kept as
   ``call_module`` leaves, so the graph refers to the model's own module objects
   and never copies a weight.

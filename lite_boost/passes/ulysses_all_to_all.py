@@ -7,7 +7,7 @@ sequence with a slice of the heads. After it, the output moves back:
     q, k, v: [B, S/P, H, D] -> all_to_all(scatter_dim=2, gather_dim=1) -> [B, S, H/P, D]
     out:     [B, S, H/P, D] -> all_to_all(scatter_dim=1, gather_dim=2) -> [B, S/P, H, D]
 
-q and k are exchanged before ``rope_apply``, so Wan's rope sees the whole
+q and k are exchanged before ``rope_apply``, so Wan's rope gets the whole
 sequence and applies every position's own rotation: no rank offset is needed
 and the positions stay right for each local slice. Cross-attention calls are
 left alone: their keys and values come from the text context, which every rank

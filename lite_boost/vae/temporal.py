@@ -158,10 +158,10 @@ def _exchange_shapes(direction: _Direction, x: torch.Tensor,
                      ) -> Tuple[int, int, int]:
     """Check that all ranks tiled the same input and return the output [C, H, W].
 
-    A rank without a chunk cannot know the output channels and size, and
-    ranks with different inputs or options would size the data gather
-    differently and hang, so every rank sends one fixed-size row first:
-    input shape, options, output [C, H, W] (zeros without a chunk).
+    A rank without a chunk has no output channels and size to go by. Ranks
+    with different inputs or options would size the data gather differently
+    and hang. So every rank first sends one fixed-size row: input shape,
+    options, output [C, H, W] (zeros without a chunk).
     """
     if pieces:
         channels, _, height, width = pieces[0].shape
